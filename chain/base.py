@@ -1,0 +1,211 @@
+"""The chain interface every other package codes against, and its shared value types.
+
+Miners and validators need very little from a chain: the time (blocks and when they
+were produced), who is on the subnet (the metagraph), a way to join (register), a place
+to announce where their deltas live (commitments) and a way to pay (weights). Keeping
+the interface this small is what lets one embedded SQLite chain stand in for Bittensor in
+development, demos and tests, while the real network is reached through the SDK. The
+methods are synchronous on purpose: callers are training loops and scoring loops, not
+async servers, and the Bittensor backend hides its event loop behind them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+class ChainError(RuntimeError):
+    """Base class of every error the chain layer raises; the message says what to do."""
+
+
+class ChainUnavailableError(ChainError):
+    """The chain endpoint (or local chain file) could not be reached after retries."""
+
+
+class ChainTimeoutError(ChainError):
+    """A wait (for a block, for inclusion) ran out of time."""
+
+
+class NotRegisteredError(ChainError):
+    """The hotkey is not registered on the subnet."""
+
+
+class NoValidatorPermitError(ChainError):
+    """The hotkey holds no validator permit, so the chain ignores or rejects its weights."""
+
+
+class RateLimitedError(ChainError):
+    """Weights were set too recently; ``retry_after_blocks`` says how long to wait."""
+
+    def __init__(self, message: str, retry_after_blocks: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after_blocks = retry_after_blocks
+
+
+class InvalidWeightsError(ChainError):
+    """Weights the chain would reject: unknown uids, mismatched lengths, negatives, old version key."""
+
+
+class SubnetFullError(ChainError):
+    """Every uid of the subnet is taken and still immune from pruning."""
+
+
+class SubnetNotFoundError(ChainError):
+    """No subnet with that netuid exists on this chain."""
+
+
+class WalletError(ChainError):
+    """A wallet or key file is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class Metagraph:
+    """One consistent snapshot of a subnet, indexed by uid (``uids[i]`` owns every ``x[i]``).
+
+    Stakes, incentive, dividends and emission are plain floats (alpha for stake and
+    emission, [0, 1] fractions for incentive and dividends) so scoring code never has
+    to know about rao or fixed-point encodings.
+    """
+
+    netuid: int
+    block: int
+    uids: list[int]
+    hotkeys: list[str]
+    coldkeys: list[str]
+    stakes: list[float]
+    validator_permit: list[bool]
+    last_update: list[int]
+    incentive: list[float]
+    dividends: list[float]
+    emission: list[float]
+    consensus: list[float] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.uids)
+
+    def uid_of(self, hotkey: str) -> int | None:
+        """The uid registered to ``hotkey``, or None when it is not on the subnet."""
+        for uid, hk in zip(self.uids, self.hotkeys, strict=True):
+            if hk == hotkey:
+                return uid
+        return None
+
+    def hotkey_of(self, uid: int) -> str | None:
+        for u, hk in zip(self.uids, self.hotkeys, strict=True):
+            if u == uid:
+                return hk
+        return None
+
+    def validators(self) -> list[int]:
+        """Uids holding a validator permit."""
+        return [u for u, p in zip(self.uids, self.validator_permit, strict=True) if p]
+
+
+@runtime_checkable
+class Chain(Protocol):
+    """What miners and validators may ask of a chain.
+
+    Shaped around three needs and nothing else:
+
+    * **Time.** Windows are counted in blocks, and upload lateness is judged against
+      the wall-clock time of window boundaries, hence ``block_timestamp``.
+    * **Membership.** ``metagraph`` is one read of everything scoring needs (uids,
+      hotkeys, stake, permits, last update, and Yuma's outputs), so a validator sees a
+      single consistent snapshot instead of stitching several reads together.
+    * **Signals.** Commitments carry where a miner's deltas live; weights carry a
+      validator's scores. Writes take the hotkey keypair that signs them, never a
+      coldkey: nodes must run without coldkey access.
+
+    Every failure is a :class:`ChainError` subclass, so callers can retry on
+    ``RateLimitedError``/``ChainUnavailableError`` and fail fast on the rest.
+    """
+
+    def block(self) -> int:
+        """The current block number."""
+        ...
+
+    def block_timestamp(self, block: int) -> float:
+        """Unix seconds at which ``block`` was (or will be, on the local chain) produced."""
+        ...
+
+    def wait_for_block(self, block: int, timeout_s: float) -> int:
+        """Block until the chain reaches ``block``; return the block reached.
+
+        Raises :class:`ChainTimeoutError` after ``timeout_s`` seconds.
+        """
+        ...
+
+    def metagraph(self, netuid: int) -> Metagraph:
+        """A snapshot of the subnet; raises :class:`SubnetNotFoundError` when absent."""
+        ...
+
+    def register(self, keypair_or_wallet: Any, netuid: int) -> int:
+        """Register a hotkey (a ``Keypair`` or an SDK ``Wallet``) and return its uid."""
+        ...
+
+    def commit(self, hotkey_keypair: Any, netuid: int, data: str) -> None:
+        """Publish ``data`` as this hotkey's commitment on the subnet (replaces the previous one)."""
+        ...
+
+    def commitments(self, netuid: int) -> dict[str, str]:
+        """Hotkey -> latest commitment, for hotkeys registered on the subnet."""
+        ...
+
+    def set_weights(
+        self, hotkey_keypair: Any, netuid: int, uids: list[int], weights: list[float], version_key: int
+    ) -> None:
+        """Set this validator's weights (normalised by the chain)."""
+        ...
+
+    def weights(self, netuid: int) -> dict[int, dict[int, float]]:
+        """Validator uid -> {miner uid: normalised weight}."""
+        ...
+
+
+def hotkey_address(keypair_or_wallet: Any) -> str:
+    """The hotkey ss58 of a Keypair, an SDK Wallet, or a plain address string."""
+    if isinstance(keypair_or_wallet, str):
+        return keypair_or_wallet
+    if hasattr(keypair_or_wallet, "ss58_address"):
+        return str(keypair_or_wallet.ss58_address)
+    if hasattr(keypair_or_wallet, "hotkey"):
+        try:
+            return str(keypair_or_wallet.hotkey.ss58_address)
+        except Exception as exc:
+            raise WalletError(f"cannot read the hotkey of {keypair_or_wallet!r}: {exc}") from exc
+    raise TypeError(f"expected a Keypair, Wallet or ss58 address, got {type(keypair_or_wallet).__name__}")
+
+
+def coldkey_address(keypair_or_wallet: Any) -> str:
+    """The coldkey ss58 of a Wallet (public file only); a bare hotkey is its own coldkey."""
+    if hasattr(keypair_or_wallet, "coldkeypub") and not hasattr(keypair_or_wallet, "ss58_address"):
+        try:
+            return str(keypair_or_wallet.coldkeypub.ss58_address)
+        except Exception as exc:
+            raise WalletError(f"cannot read the coldkeypub of {keypair_or_wallet!r}: {exc}") from exc
+    return hotkey_address(keypair_or_wallet)
+
+
+def open_chain(url: str, *, block_time_s: float = 12.0, **kwargs: Any) -> Chain:
+    """Open a chain from a settings URL.
+
+    ``local:<path>`` opens (creating on first use) the embedded SQLite chain;
+    ``ws://``/``wss://`` URLs, ``test``, ``finney`` and ``local`` (the SDK's name
+    for ws://127.0.0.1:9944) go to the Bittensor backend.
+    """
+    if url.startswith("local:"):
+        from chain.local import LocalChain
+
+        path = url.removeprefix("local:")
+        if not path:
+            raise ChainError("chain URL 'local:' needs a file path, e.g. local:/tmp/chain.db")
+        return LocalChain.open_or_create(path, block_time_s=block_time_s, **kwargs)
+    if url.startswith(("ws://", "wss://")) or url in {"test", "finney", "local", "archive", "latent-lite"}:
+        from chain.bittensor_chain import BittensorChain
+
+        return BittensorChain(url, **kwargs)
+    raise ChainError(
+        f"unrecognised chain URL {url!r}: use 'local:<path>', 'ws://host:port', 'test' or 'finney'"
+    )

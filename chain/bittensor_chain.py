@@ -1,0 +1,218 @@
+"""The Bittensor backend: the :class:`chain.base.Chain` interface over the bittensor SDK.
+
+Everything goes through the SDK's ``SyncClient`` and its ``Substrate`` seam: reads are
+the SDK's typed reads (``subnets.metagraph``, ``subnets.commitments``) and the raw
+``Weights`` map, writes are the SDK's ``SetWeights`` intent (which itself picks the
+plaintext or timelocked commit-reveal path from ``CommitRevealWeightsEnabled``) and a
+raw hotkey-signed ``Commitments.set_commitment`` call. Passing ``substrate=`` swaps the
+transport for any implementation of the SDK's ``Substrate`` protocol; the tests use an
+in-memory fake, so this module is exercised without a node.
+
+Failures are translated once, here: SDK error codes become ``chain.base`` errors, and
+transport failures are retried with exponential backoff before becoming a
+``ChainUnavailableError`` that names the endpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from chain.base import (
+    ChainError,
+    ChainTimeoutError,
+    ChainUnavailableError,
+    InvalidWeightsError,
+    Metagraph,
+    NotRegisteredError,
+    NoValidatorPermitError,
+    RateLimitedError,
+    SubnetNotFoundError,
+    coldkey_address,
+    hotkey_address,
+)
+
+T = TypeVar("T")
+U16_MAX = 65535
+MAX_COMMITMENT_BYTES = 128  # the Commitments pallet's largest Raw field
+
+
+def _translate(exc: Exception) -> ChainError:
+    """Map an SDK ChainError (by its ErrorCode) to the interface's error classes."""
+    from bittensor.result import ErrorCode
+
+    code = getattr(exc, "code", None)
+    message = str(exc)
+    if code == ErrorCode.RATE_LIMITED:
+        return RateLimitedError(message)
+    if code == ErrorCode.NOT_REGISTERED:
+        return NotRegisteredError(message)
+    if code == ErrorCode.NOT_AUTHORIZED or "permit" in message.lower():
+        return NoValidatorPermitError(message)
+    if code == ErrorCode.SUBNET_NOT_EXISTS:
+        return SubnetNotFoundError(message)
+    if code in (ErrorCode.INVALID_ARGUMENT, ErrorCode.LIMIT_EXCEEDED):
+        return InvalidWeightsError(message)
+    return ChainError(message)
+
+
+class BittensorChain:
+    """A :class:`chain.base.Chain` on a subtensor node (local, test or finney)."""
+
+    def __init__(
+        self,
+        network: str = "finney",
+        *,
+        substrate: Any = None,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+        block_time_s: float | None = None,
+    ) -> None:
+        import bittensor as bt
+
+        self.network = network
+        # Pin the client to one endpoint for ws:// URLs: falling back to public nodes
+        # from a private node's config would be a surprise.
+        pinned = network.startswith(("ws://", "wss://"))
+        self._client = bt.SyncClient(
+            network, substrate=substrate,
+            fallback_endpoints=[] if pinned else None, archive_endpoints=[] if pinned else None,
+        )
+        self.endpoint = self._client.endpoint
+        self._retries, self._backoff_s, self._sleep = retries, backoff_s, sleep
+        self._block_time_s = block_time_s
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- error handling -------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` with retries on transport failures; translate chain errors."""
+        import bittensor as bt
+
+        delay = self._backoff_s
+        for attempt in range(self._retries + 1):
+            try:
+                return fn()
+            except TimeoutError:
+                raise  # a wait that ran out is not a transport failure (TimeoutError is an OSError)
+            except (bt.RpcConnectionError, bt.ConnectionNotReady, ConnectionError, OSError) as exc:
+                if attempt == self._retries:
+                    raise ChainUnavailableError(
+                        f"{what}: chain endpoint {self.endpoint} unreachable after {attempt + 1} attempts: {exc}"
+                    ) from exc
+                self._sleep(delay)
+                delay *= 2
+            except bt.ChainError as exc:
+                raise _translate(exc) from exc
+        raise AssertionError("unreachable")
+
+    # --- time ---------------------------------------------------------------------------
+
+    def block(self) -> int:
+        return int(self._call("block", lambda: self._client.block))
+
+    def block_time_s(self) -> float:
+        if self._block_time_s is None:
+            self._block_time_s = float(self._call("block time", self._client.block_time))
+        return self._block_time_s
+
+    def block_timestamp(self, block: int) -> float:
+        head = self.block()
+        if block > head:  # not produced yet: extrapolate from the head
+            return self.block_timestamp(head) + (block - head) * self.block_time_s()
+        return float(self._call("timestamp", lambda: self._client.timestamp(block)).timestamp())
+
+    def wait_for_block(self, block: int, timeout_s: float) -> int:
+        try:
+            header = self._call("wait for block", lambda: self._client.wait_for_block(block, timeout=timeout_s))
+        except TimeoutError as exc:
+            raise ChainTimeoutError(f"block {block} not reached within {timeout_s}s on {self.endpoint}") from exc
+        return int(header.number)
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def metagraph(self, netuid: int) -> Metagraph:
+        mg = self._call("metagraph", lambda: self._client.subnets.metagraph(netuid, commitments=False))
+        if mg is None:
+            raise SubnetNotFoundError(f"subnet {netuid} does not exist on {self.endpoint}")
+        ns = mg.neurons
+        return Metagraph(
+            netuid=netuid, block=int(mg.block), uids=[n.uid for n in ns], hotkeys=[n.hotkey for n in ns],
+            coldkeys=[n.coldkey for n in ns], stakes=[_amount(n.total_stake) for n in ns],
+            validator_permit=[bool(n.validator_permit) for n in ns], last_update=[n.last_update for n in ns],
+            incentive=[n.incentive for n in ns], dividends=[n.dividends for n in ns],
+            emission=[_amount(n.emission) for n in ns], consensus=[n.consensus for n in ns],
+        )
+
+    def commitments(self, netuid: int) -> dict[str, str]:
+        found = self._call("commitments", lambda: self._client.subnets.commitments(netuid))
+        # Only registered hotkeys: a deregistered miner's old announcement is stale.
+        return {hk: c.data for hk, c in found.items() if c.uid is not None and c.data}
+
+    def weights(self, netuid: int) -> dict[int, dict[int, float]]:
+        rows = self._call("weights", lambda: self._client.query_map(("SubtensorModule", "Weights"), [netuid]))
+        return self._normalise_rows(rows)
+
+    def _normalise_rows(self, rows: Any) -> dict[int, dict[int, float]]:
+        out: dict[int, dict[int, float]] = {}
+        for uid, pairs in rows or []:
+            total = sum(int(w) for _, w in pairs)
+            if total:
+                out[int(uid)] = {int(d): int(w) / total for d, w in pairs if int(w)}
+        return out
+
+    # --- writes -------------------------------------------------------------------------
+
+    def _submit(self, what: str, fn: Callable[[], Any]) -> Any:
+        result = self._call(what, fn)
+        if not result.success:
+            err = result.error
+            raise _translate(err) if err is not None else ChainError(f"{what} failed: {result.message}")
+        return result
+
+    def register(self, keypair_or_wallet: Any, netuid: int) -> int:
+        """The hotkey's uid; registers it (burned registration, signed by the coldkey) if needed."""
+        import bittensor as bt
+
+        hot = hotkey_address(keypair_or_wallet)
+        uid = self._call("uid lookup", lambda: self._client.query(("SubtensorModule", "Uids"), [netuid, hot]))
+        if uid is not None:
+            return int(uid)
+        if not hasattr(keypair_or_wallet, "coldkey") or coldkey_address(keypair_or_wallet) == hot:
+            raise NotRegisteredError(
+                f"hotkey {hot} is not registered on subnet {netuid}; registering costs TAO and needs the "
+                "coldkey: pass a Wallet or run `btcli subnets register`")
+        self._submit("register", lambda: self._client.execute(
+            bt.BurnedRegister(netuid=netuid, hotkey_ss58=hot), keypair_or_wallet))
+        uid = self._call("uid lookup", lambda: self._client.query(("SubtensorModule", "Uids"), [netuid, hot]))
+        if uid is None:
+            raise ChainError(f"registration of {hot} on subnet {netuid} was included but no uid was assigned")
+        return int(uid)
+
+    def commit(self, hotkey_keypair: Any, netuid: int, data: str) -> None:
+        import bittensor as bt
+
+        raw = data.encode()
+        if len(raw) > MAX_COMMITMENT_BYTES:
+            raise ChainError(f"commitment is {len(raw)} bytes; the chain stores at most {MAX_COMMITMENT_BYTES}")
+        call = bt.calls.Commitments.set_commitment(netuid=netuid, info={"fields": [[{f"Raw{len(raw)}": raw}]]})
+        self._submit("commit", lambda: self._client.submit_call(call, hotkey_keypair, signer="hotkey"))
+
+    def set_weights(self, hotkey_keypair: Any, netuid: int, uids: list[int], weights: list[float],
+                    version_key: int) -> None:
+        import bittensor as bt
+
+        if len(uids) != len(weights) or not uids:
+            raise InvalidWeightsError("uids and weights must be non-empty and of equal length")
+        intent = bt.SetWeights(netuid=netuid, uids=list(uids), weights=[float(w) for w in weights],
+                               version_key=version_key)
+        self._submit("set_weights", lambda: self._client.execute(intent, hotkey_keypair))
+
+
+def _amount(balance: Any) -> float:
+    """Alpha or TAO as a float: metagraph stake and emission are subnet alpha (1e9 rao each)."""
+    return int(balance.rao) / 1e9

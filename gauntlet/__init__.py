@@ -1,0 +1,1 @@
+"""The ``gauntlet`` command: one entry point gathering each package's subcommands."""

@@ -1,0 +1,1 @@
+"""Miner: SparseLoCo inner training, error feedback, signed uploads, outer-step sync."""

@@ -1,0 +1,113 @@
+"""``gauntlet miner ...``: run a SparseLoCo miner (also under ``torchrun`` for data parallelism).
+
+Heavy imports (torch, the SDK) happen inside the command so ``gauntlet --help`` stays instant.
+Start-up failures (wallet, chain, storage, registration) print one clear line and exit 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Train and upload SparseLoCo deltas.", no_args_is_help=True)
+
+
+@app.command("run")
+def run(
+    config: Path | None = typer.Option(None, "--config", help="Settings TOML file."),
+    hparams: Path | None = typer.Option(None, "--hparams", help="Hyper-parameter JSON (default: packaged)."),
+    wallet_name: str | None = typer.Option(None, "--wallet-name"),
+    hotkey: str | None = typer.Option(None, "--hotkey"),
+    wallet_path: Path | None = typer.Option(None, "--wallet-path"),
+    chain: str | None = typer.Option(None, "--chain", help="Chain URL (overrides settings)."),
+    storage: str | None = typer.Option(None, "--storage", help="Storage URL for this miner's uploads."),
+    netuid: int | None = typer.Option(None, "--netuid"),
+    register: bool = typer.Option(False, "--register", help="Register the hotkey first (local chain)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (under torchrun: one GPU per rank)."),
+    windows: int | None = typer.Option(None, "--windows", help="Stop after N windows (default: forever)."),
+    follow_validator: str | None = typer.Option(None, "--follow-validator", help="Validator hotkey to follow."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port"),
+    state_dir: Path | None = typer.Option(None, "--state-dir", help="Default: <home>/miner/<hotkey>."),
+    mode: str = typer.Option("honest", "--mode", help="honest, or an adversarial mode (miner.adversaries)."),
+    target: str | None = typer.Option(None, "--target", help="Victim hotkey of copycat/sybil/replay modes."),
+    inner_steps: int | None = typer.Option(None, "--inner-steps", help="This miner's effort (default: hparams)."),
+) -> None:
+    """Train every window and upload a signed, compressed pseudo-gradient before its deadline."""
+    import logging
+
+    from miner import distributed as mdist
+    from miner.setup import MinerSetupError
+
+    try:
+        miner, info = _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, netuid, register,
+                             device, windows, follow_validator, metrics_port, state_dir, mode, target, inner_steps)
+    except MinerSetupError as exc:
+        typer.echo(f"gauntlet miner: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        miner.run()
+    except KeyboardInterrupt:
+        logging.getLogger("miner").info("interrupted; state is saved after every window")
+    finally:
+        mdist.shutdown(info)
+
+
+def _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, netuid, register,
+           device, windows, follow_validator, metrics_port, state_dir, mode="honest", target=None, inner_steps=None):
+    import logging
+
+    from miner import distributed as mdist
+    from miner.adversaries import build_miner, miner_class
+    from miner.loop import MinerOptions
+    from miner.metrics import MinerMetrics
+    from miner.setup import (
+        MinerSetupError,
+        connect_chain,
+        connect_storage,
+        ensure_registered,
+        load_keypair,
+        publish_commitment,
+    )
+    from protocol.hparams import HParamsError, load_hparams
+    from protocol.pages import default_store
+    from protocol.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(config, hparams=hparams, wallet_name=wallet_name, wallet_hotkey=hotkey,
+                                 wallet_path=wallet_path, chain=chain, storage=storage, netuid=netuid,
+                                 metrics_port=metrics_port)
+        hp = load_hparams(settings.hparams)
+        miner_class(mode)
+        if inner_steps is not None:
+            hp = hp.override(**{"inner.steps": inner_steps})
+    except (SettingsError, HParamsError, ValueError) as exc:
+        raise MinerSetupError(str(exc)) from None
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MinerSetupError("--device cuda requested but no CUDA device is available")
+    info = mdist.init_from_env(device)
+    keypair = load_keypair(settings.wallet_path, settings.wallet_name, settings.wallet_hotkey)
+    chain_ = connect_chain(settings.chain_url)
+    storage_ = connect_storage(settings.storage_url)
+    metrics = MinerMetrics()
+    if info.is_main:
+        ensure_registered(chain_, keypair, settings.netuid, register)
+        publish_commitment(chain_, keypair, settings.netuid, settings.storage_url)
+        metrics.serve(settings.metrics_port)
+    mdist.barrier(info)
+    pages = default_store(settings.home, hp.data)
+    options = MinerOptions(
+        netuid=settings.netuid, storage_url=settings.storage_url, device=device, max_windows=windows,
+        follow_validator=follow_validator,
+        state_dir=state_dir or settings.home / "miner" / keypair.ss58_address,
+    )
+    try:
+        miner = build_miner(mode, hp, chain_, keypair, options, pages=pages, storage=storage_, metrics=metrics,
+                            dist=info, target=target)
+    except ValueError as exc:
+        raise MinerSetupError(str(exc)) from None
+    return miner, info

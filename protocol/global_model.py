@@ -1,0 +1,147 @@
+"""The global model every node holds: theta_W, its hash, and how to reach the next window's.
+
+The validator that a subnet follows publishes, for every scored window W, the aggregate
+that turns theta_W into theta_{W+1} (possibly empty), and every ``checkpoint_every``
+windows a full checkpoint. A node reaches theta_W by loading the newest checkpoint at or
+before W and replaying the aggregates after it, checking the chain of model hashes at
+every step: a node can be behind, never silently different.
+
+The master copy is fp32 on the CPU; trainers copy it to their device. Hashing and the
+outer step stay on the CPU so that every node computes the same bits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from protocol.hparams import HParams
+from protocol.model import ModelConfig, build_model, model_hash, param_shapes, preset
+from protocol.storage import ObjectNotFound, Storage, StorageError, aggregate_key, checkpoint_key
+from protocol.sync import (
+    AggregateMeta,
+    CheckpointMeta,
+    SyncError,
+    apply_update,
+    pack_checkpoint,
+    parse_aggregate,
+    parse_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+class OutOfSync(RuntimeError):
+    """The published history does not lead to a model this node can reproduce."""
+
+
+@dataclass
+class GlobalModel:
+    """theta at the start of ``window``; ``state`` maps parameter names to fp32 CPU tensors."""
+
+    config: ModelConfig
+    window: int
+    state: dict[str, torch.Tensor]
+    hash: str
+
+    @classmethod
+    def initial(cls, hp: HParams, window: int = 0) -> GlobalModel:
+        """The deterministic starting weights every node can build from the hyper-parameters."""
+        config = preset(hp.model)
+        model = build_model(config, seed=hp.model_seed)
+        state = {k: v.detach().float().cpu().clone() for k, v in model.named_parameters()}
+        return cls(config=config, window=window, state=state, hash=model_hash(state))
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return param_shapes(self.config)
+
+    def copy(self) -> GlobalModel:
+        return GlobalModel(self.config, self.window, {k: v.clone() for k, v in self.state.items()}, self.hash)
+
+    def step(self, data: bytes, *, max_bytes: int, publisher: str | None) -> AggregateMeta:
+        """Apply the published aggregate of ``self.window`` and move to the next window."""
+        meta, update = parse_aggregate(data, shapes=self.shapes, max_bytes=max_bytes, publisher=publisher)
+        if meta.window != self.window or meta.base_model_hash != self.hash:
+            raise OutOfSync(f"aggregate for window {meta.window} does not extend window {self.window} ({self.hash[:12]})")
+        apply_update(self.state, update)
+        new_hash = model_hash(self.state)
+        if new_hash != meta.result_model_hash:
+            raise OutOfSync(f"aggregate {meta.window} gave {new_hash[:12]}, publisher claims {meta.result_model_hash[:12]}")
+        self.window, self.hash = meta.window + 1, new_hash
+        return meta
+
+
+def checkpoint_bytes(model: GlobalModel, *, validator_hotkey: str, spec_version: int, keypair) -> bytes:
+    meta = CheckpointMeta(window=model.window, model_hash=model.hash, validator=validator_hotkey, spec_version=spec_version)
+    return pack_checkpoint(model.state, meta, keypair)
+
+
+def latest_checkpoint_window(storage: Storage, at_most: int) -> int | None:
+    windows = []
+    for info in storage.list("checkpoints/"):
+        stem = info.key.rsplit("/", 1)[-1].split(".", 1)[0]
+        if stem.isdigit() and int(stem) <= at_most:
+            windows.append(int(stem))
+    return max(windows, default=None)
+
+
+def sync_global_model(
+    current: GlobalModel | None,
+    target_window: int,
+    *,
+    hp: HParams,
+    storage: Storage,
+    publisher: str | None,
+    max_bytes: int = 8 << 30,
+    on_step: Callable[[int], None] | None = None,
+) -> GlobalModel:
+    """Advance (or restore) the global model to ``target_window`` from published files.
+
+    Returns the model as far as the published history reaches; the caller compares
+    ``result.window`` with what it needs and waits or retries.
+    """
+    model = current
+    if model is None or model.window > target_window:
+        model = _from_checkpoint(hp, storage, publisher, target_window, max_bytes)
+    while model.window < target_window:
+        try:
+            data = storage.get(aggregate_key(model.window), max_bytes=max_bytes)
+        except ObjectNotFound:
+            ckpt = latest_checkpoint_window(storage, target_window)
+            if ckpt is not None and ckpt > model.window:
+                model = _from_checkpoint(hp, storage, publisher, target_window, max_bytes)
+                continue
+            break  # not published yet
+        try:
+            model.step(data, max_bytes=max_bytes, publisher=publisher)
+        except (SyncError, OutOfSync) as exc:
+            log.warning("cannot apply aggregate %d: %s; trying a checkpoint", model.window, exc)
+            ckpt = latest_checkpoint_window(storage, target_window)
+            if ckpt is None or ckpt <= model.window:
+                raise OutOfSync(f"aggregate {model.window} unusable and no newer checkpoint: {exc}") from exc
+            model = _from_checkpoint(hp, storage, publisher, target_window, max_bytes)
+        if on_step:
+            on_step(model.window)
+    return model
+
+
+def _from_checkpoint(
+    hp: HParams, storage: Storage, publisher: str | None, target_window: int, max_bytes: int
+) -> GlobalModel:
+    window = latest_checkpoint_window(storage, target_window)
+    if window is None:
+        raise OutOfSync(f"no checkpoint at or before window {target_window} has been published yet")
+    try:
+        data = storage.get(checkpoint_key(window), max_bytes=max_bytes)
+    except StorageError as exc:
+        raise OutOfSync(f"checkpoint {window} unreadable: {exc}") from exc
+    config = preset(hp.model)
+    meta, state = parse_checkpoint(data, shapes=param_shapes(config), max_bytes=max_bytes, publisher=publisher)
+    digest = model_hash(state)
+    if digest != meta.model_hash or meta.window != window:
+        raise OutOfSync(f"checkpoint {window} hash {digest[:12]} does not match its claim {meta.model_hash[:12]}")
+    return GlobalModel(config=config, window=window, state=state, hash=digest)

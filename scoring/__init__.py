@@ -1,0 +1,1 @@
+"""Pure scoring functions: filters, loss scores, OpenSkill, weights, aggregation. No I/O."""

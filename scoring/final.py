@@ -1,0 +1,201 @@
+"""Final score and penalties: one peer's state after one window.
+
+**Final score** (Gauntlet, arXiv 2505.21684, with one change):
+``max(0, ordinal - floor) · max(0, bma) · sync_score`` with
+``sync_score = (1 - min(steps_behind, 5) / 5) ^ 2.5`` (``sync_max_behind``,
+``sync_exponent``) and ``floor = min(0, lowest ordinal among the window's evaluated peers)``.
+
+*Why the floor.* ``ordinal = mu - 3·sigma`` starts at 0 for a new peer; Plackett-Luce moves
+mu roughly zero-sum while sigma shrinks slowly, so in the first windows every peer ranked
+below the top one or two has a negative ordinal. The reference clamps those to 0, which
+made early weights all-or-nothing: measured (``benchmarks/effort.py``, RESULTS.md "Effort"),
+after 4 windows the weakest honest miner had weight 0 while being consistently better than
+the free-rider. Measuring the ordinal from the window's worst evaluated peer keeps the
+*order* of the ratings (a common shift) but pays every peer in proportion to how far its
+conservative skill is above the worst one; once all ordinals are positive the floor is 0
+and this is exactly the reference formula. The floor never rises above 0, so a peer is never
+paid less than under the reference.
+
+*Why this does not pay a baseline to sybils.* The worst evaluated peer always gets 0, and the
+shift only matters multiplied by ``max(0, bma)``: a peer whose assigned-data gain does not
+beat its random-data gain more often than not shows no proof of work and earns nothing,
+whatever its rank. Rejected uploads never reach this formula (penalties below).
+
+**Penalties** (reference constants, ``ScoringParams``):
+
+* inactive, missing, late or out of sync → score x0.75 (``inactivity_decay``) per window;
+* more than 3 (``inactivity_reset_windows``) consecutive windows without an evaluated
+  upload, of any of those kinds or invalid → full reset;
+* invalid upload (bad signature, malformed, not finite, norm out of bounds, …) → score 0;
+* copy or replay → full reset, score 0, banned for 200 windows (``copy_ban_windows``):
+  windows ``W .. W + 200`` score 0 whatever is uploaded.
+
+A *full reset* never rewards: rating returns to the default only if that is not better
+than the current one (a poorly rated peer cannot go quiet for four windows to wipe its
+record) and a negative ``bma`` is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from protocol.hparams import ScoringParams
+from scoring.ratings import Rating, default_rating, ordinal
+
+__all__ = [
+    "Outcome",
+    "PeerState",
+    "WindowOutcome",
+    "apply_penalties",
+    "final_score",
+    "full_reset",
+    "is_banned",
+    "ordinal_floor",
+    "sync_score",
+]
+
+
+def sync_score(steps_behind: int, max_behind: int, exponent: float) -> float:
+    """``(1 - min(steps_behind, max_behind) / max_behind) ** exponent``: 1 in sync, 0 at the limit."""
+    if steps_behind < 0:
+        raise ValueError(f"steps_behind must be >= 0, got {steps_behind}")
+    if max_behind < 1:
+        raise ValueError(f"max_behind must be >= 1, got {max_behind}")
+    return (1 - min(steps_behind, max_behind) / max_behind) ** exponent
+
+
+def final_score(ordinal: float, bma: float, sync: float, floor: float = 0.0) -> float:
+    """``max(0, ordinal - min(0, floor)) · max(0, bma) · sync``; see the module docstring.
+
+    ``floor`` is the lowest ordinal among the window's evaluated peers (0 = the reference formula).
+    """
+    if not (math.isfinite(ordinal) and math.isfinite(bma) and math.isfinite(floor) and 0.0 <= sync <= 1.0):
+        raise ValueError(f"invalid final-score inputs: ordinal={ordinal}, bma={bma}, sync={sync}, floor={floor}")
+    return max(0.0, ordinal - min(0.0, floor)) * max(0.0, bma) * sync
+
+
+def ordinal_floor(ordinals: Iterable[float]) -> float:
+    """``min(0, lowest ordinal)`` of a window's evaluated peers: the zero of :func:`final_score`."""
+    return min([0.0, *ordinals])
+
+
+class Outcome(StrEnum):
+    """What happened to a peer in one window, as far as its standing is concerned."""
+
+    EVALUATED = "evaluated"
+    MISSING = "missing"
+    LATE = "late"
+    OUT_OF_SYNC = "out_of_sync"
+    INACTIVE = "inactive"
+    INVALID = "invalid"
+    COPY = "copy"
+
+
+_DECAYING = frozenset({Outcome.MISSING, Outcome.LATE, Outcome.OUT_OF_SYNC, Outcome.INACTIVE})
+
+
+@dataclass(frozen=True, slots=True)
+class PeerState:
+    """Everything the validator persists per hotkey between windows."""
+
+    rating: Rating = field(default_factory=default_rating)
+    bma: float = 0.0
+    score: float = 0.0
+    inactive_windows: int = 0
+    banned_until_window: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOutcome:
+    """One window's outcome for one peer. Build it with the class methods.
+
+    ``reason`` carries the rejection for ``invalid`` and ``"copy"``/``"replay"`` for
+    ``copy``; ``rating``, ``bma``, ``sync`` and ``floor`` carry an evaluated peer's new measurements.
+    """
+
+    kind: Outcome
+    window: int
+    reason: str = ""
+    rating: Rating | None = None
+    bma: float | None = None
+    sync: float = 1.0
+    floor: float = 0.0  # ordinal_floor of the window's evaluated peers
+
+    @classmethod
+    def evaluated(cls, window: int, rating: Rating, bma: float, sync: float, floor: float = 0.0) -> WindowOutcome:
+        return cls(Outcome.EVALUATED, window, rating=rating, bma=bma, sync=sync, floor=floor)
+
+    @classmethod
+    def missing(cls, window: int) -> WindowOutcome:
+        return cls(Outcome.MISSING, window)
+
+    @classmethod
+    def late(cls, window: int) -> WindowOutcome:
+        return cls(Outcome.LATE, window)
+
+    @classmethod
+    def out_of_sync(cls, window: int) -> WindowOutcome:
+        return cls(Outcome.OUT_OF_SYNC, window)
+
+    @classmethod
+    def inactive(cls, window: int) -> WindowOutcome:
+        return cls(Outcome.INACTIVE, window)
+
+    @classmethod
+    def invalid(cls, window: int, reason: str) -> WindowOutcome:
+        return cls(Outcome.INVALID, window, reason=reason)
+
+    @classmethod
+    def copy(cls, window: int, kind: str = "copy") -> WindowOutcome:
+        return cls(Outcome.COPY, window, reason=kind)
+
+
+def is_banned(state: PeerState, window: int) -> bool:
+    """True while ``window <= banned_until_window``."""
+    return state.banned_until_window is not None and window <= state.banned_until_window
+
+
+def full_reset(state: PeerState) -> PeerState:
+    """Back to a newcomer's standing, but never to a *better* one (see module docstring)."""
+    fresh = default_rating()
+    rating = state.rating if ordinal(state.rating) < ordinal(fresh) else fresh
+    return replace(state, rating=rating, bma=min(state.bma, 0.0), score=0.0)
+
+
+def _evaluated(state: PeerState, outcome: WindowOutcome) -> PeerState:
+    if outcome.rating is None or outcome.bma is None:
+        raise ValueError("an evaluated outcome needs the new rating and bma")
+    score = final_score(ordinal(outcome.rating), outcome.bma, outcome.sync, outcome.floor)
+    return replace(state, rating=outcome.rating, bma=outcome.bma, score=score, inactive_windows=0)
+
+
+def _unproductive(state: PeerState, outcome: WindowOutcome, params: ScoringParams) -> PeerState:
+    idle = replace(state, inactive_windows=state.inactive_windows + 1)
+    if idle.inactive_windows > params.inactivity_reset_windows:
+        return full_reset(idle)
+    if outcome.kind is Outcome.INVALID:
+        return replace(idle, score=0.0)
+    return replace(idle, score=state.score * params.inactivity_decay)
+
+
+def apply_penalties(state: PeerState, outcome: WindowOutcome, params: ScoringParams) -> PeerState:
+    """The peer's state after ``outcome``; ``state`` is not modified.
+
+    A banned peer scores 0 and its upload, even if evaluated, changes nothing else; a copy
+    found during a ban extends it.
+    """
+    if outcome.kind is Outcome.COPY:
+        until = outcome.window + params.copy_ban_windows
+        if state.banned_until_window is not None:
+            until = max(until, state.banned_until_window)
+        return replace(full_reset(state), inactive_windows=0, banned_until_window=until)
+    if is_banned(state, outcome.window):
+        return replace(state, score=0.0)
+    if outcome.kind is Outcome.EVALUATED:
+        return _evaluated(state, outcome)
+    if outcome.kind in _DECAYING or outcome.kind is Outcome.INVALID:
+        return _unproductive(state, outcome, params)
+    raise ValueError(f"unknown outcome kind {outcome.kind!r}")

@@ -1,0 +1,89 @@
+"""Stage-2 loss scores: contribution, proof-of-work indicator, and a first-order screen.
+
+Gauntlet (arXiv 2505.21684, reference notes) applies a peer's decoded delta with an
+evaluation step and measures the loss before and after, on the peer's *assigned* pages
+and on *random* pages the peer could not predict:
+
+* **contribution** = ``(L_before_rand - L_after_rand) / L_before_rand``: relative so that it
+  is comparable across windows while the loss falls; measured on random data so that
+  memorising the assigned pages earns nothing.
+* **indicator** = +1 if the relative improvement on assigned data beats the one on random
+  data by a margin, else -1 (a tie is -1: a peer must *show* it trained on its pages). Its
+  moving average ``bma ← (1 - alpha)·bma + alpha·indicator`` (alpha = 0.05) is the
+  proof-of-work term. Without a margin the test is a coin flip for a miner that trains on
+  real but *unassigned* pages: both page sets are unseen to it, so its ratio of assigned to
+  random gain sits near 1 (0.99-1.16, mean 1.09 measured), and it wins half the windows.
+  Honest miners measured 1.18-2.72 with two evaluation pages (``benchmarks/effort.py``), hence
+  the default margin of 10%; with a single evaluation page the ratio is too noisy to judge.
+
+``first_order_estimate`` is the cheap screen from the notes: one backward pass gives the
+gradient g of the evaluation loss, and applying ``θ ← θ - η·Δ`` changes the loss by about
+``-η·⟨g, Δ⟩``, a dot product over only the delta's kept coordinates.
+
+Losses are the validator's own measurements. A non-finite or non-positive "before" loss is a
+validator bug and raises; a non-finite "after" loss means the delta broke the model, which
+the caller records as ``Rejection.NOT_FINITE`` instead of scoring, so it raises too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "contribution",
+    "first_order_estimate",
+    "indicator",
+    "relative_improvement",
+    "update_bma",
+]
+
+
+def relative_improvement(l_before: float, l_after: float) -> float:
+    """``(before - after) / before``: positive when the delta lowered the loss."""
+    if not (math.isfinite(l_before) and l_before > 0):
+        raise ValueError(f"loss before must be finite and positive, got {l_before}")
+    if not math.isfinite(l_after):
+        raise ValueError(f"loss after is not finite ({l_after}); reject the upload as not_finite")
+    return (l_before - l_after) / l_before
+
+
+def contribution(l_before_rand: float, l_after_rand: float) -> float:
+    """The contribution score: relative improvement on the random (unpredictable) pages."""
+    return relative_improvement(l_before_rand, l_after_rand)
+
+
+def indicator(assigned_improvement: float, random_improvement: float, margin: float = 0.0) -> int:
+    """+1 when the assigned improvement beats the random one by more than ``margin`` of it, else -1.
+
+    The margin is relative to ``|random_improvement|`` so it scales with how much the delta
+    helps at all; with ``margin=0`` this is the reference's plain comparison.
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    return 1 if assigned_improvement - random_improvement > margin * abs(random_improvement) else -1
+
+
+def update_bma(bma: float, indicator: int, alpha: float) -> float:
+    """Exponential moving average of the indicator: ``(1 - alpha)·bma + alpha·indicator``."""
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    if indicator not in (-1, 1):
+        raise ValueError(f"indicator must be +1 or -1, got {indicator}")
+    return (1 - alpha) * bma + alpha * indicator
+
+
+def first_order_estimate(grad_values_at_indices: Tensor, delta_values: Tensor, step: float) -> float:
+    """Predicted loss change ``-step·⟨g, Δ⟩`` of applying ``θ ← θ - step·Δ`` (negative = better).
+
+    Both tensors hold values at the delta's kept coordinates only (same shape), so the cost
+    is O(kept values), not O(parameters). Accumulates in float64.
+    """
+    if grad_values_at_indices.shape != delta_values.shape:
+        raise ValueError(
+            f"gradient {tuple(grad_values_at_indices.shape)} and delta {tuple(delta_values.shape)} shapes differ"
+        )
+    dot = torch.sum(grad_values_at_indices.to(torch.float64) * delta_values.to(torch.float64))
+    return -step * float(dot)

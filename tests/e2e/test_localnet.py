@@ -1,0 +1,160 @@
+"""End-to-end: ``gauntlet localnet`` with real processes (chain, validator, API, honest and hostile miners).
+
+Run A starts every adversary mode next to three honest miners and checks that no cheater is
+paid (score receipts, last weight set, on-chain incentive), that the validator survived
+every hostile payload, and that the API serves the receipts explaining each rejection.
+Run B kills the validator with SIGKILL mid-window; the localnet supervisor restarts it and
+the run must end with the same ranking and every window scored and weighted exactly once.
+Each run takes about 3-4 minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from validator.db.models import Evaluation, WeightSet, Window
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("GAUNTLET_TEST_CACHE", "/tmp/gauntlet-e2e-cache"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(run_dir: Path, port: int, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, XDG_CACHE_HOME=str(CACHE), PYTHONPATH=str(REPO))
+    env.pop("GAUNTLET_DATABASE_URL", None)
+    env.pop("GAUNTLET_REDIS_URL", None)
+    return subprocess.Popen([sys.executable, "-m", "gauntlet", "localnet", "--dir", str(run_dir), "--api-port",
+                             str(port), "--seed", "0", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+    return out
+
+
+def _no_strays(run_dir: Path) -> None:
+    for name, pid in json.loads((run_dir / "pids.json").read_text()).items():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        pytest.fail(f"{name} (pid {pid}) still running after localnet exited")
+
+
+def test_adversaries_are_not_paid(tmp_path: Path) -> None:
+    run_dir, port = tmp_path / "run", _free_port()
+    proc = _start(run_dir, port, "--windows", "4", "--adversaries", "all", "--keep")
+    out = _finish(proc, timeout=420)
+    assert proc.returncode == 0, out[-4000:]
+    _no_strays(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    peers = json.loads((run_dir / "peers.json").read_text())
+    honest = [n for n, p in peers.items() if p["kind"] == "honest"]
+    adversaries = [n for n, p in peers.items() if p["kind"] == "adversary"]
+    weight, incentive = ({n: summary[k][n] if k == "incentive" else summary[k][n]["weight"] for n in peers}
+                         for k in ("peers", "incentive"))
+    floor = min(min(weight[n] for n in honest), min(incentive[n] for n in honest))
+    assert floor > 0.1, summary
+    for n in adversaries:  # zero or near zero, far below every honest miner
+        assert weight[n] <= 0.02 and incentive[n] <= 0.02, (n, weight[n], incentive[n])
+        assert weight[n] < floor / 10
+    assert summary["validator_restarts"] == 0  # it survived every hostile payload
+    # Honest miners are ordered by effort (inner steps): measured monotone in every window once the
+    # evaluation step is not clipped to the median norm (benchmarks/effort.py, RESULTS.md "Effort").
+    by_effort = sorted(honest, key=lambda n: peers[n]["steps"])
+    assert all(weight[a] < weight[b] for a, b in itertools.pairwise(by_effort)), {n: weight[n] for n in by_effort}
+
+    # The API explains every adversary's result in the last scored window's receipts.
+    items = json.loads((run_dir / "receipts.json").read_text())["items"]  # saved from GET .../evaluations
+    rows = [(r["hotkey"], r["status"], r["reject_reason"], r.get("final_score")) for r in items]
+    by_hotkey = {r[0]: r for r in rows}
+    expected = {"copycat": {"copy", "banned"}, "copycat-noise": {"copy", "banned"}, "sybil-a": {"copy", "banned"},
+                "sybil-b": {"copy", "banned"}, "replay": {"replay", "banned", "missing"},
+                "free-rider-zero": {"norm_too_small"}, "malformed": {"malformed"}, "oversized": {"too_large"},
+                "forged": {"bad_signature"}, "nan": {"not_finite", "malformed"}, "late": {"late", "missing"},
+                "poisoner": {"norm_too_large", None}, "stale": {"out_of_sync"},
+                "wrong-pages": {None}, "free-rider-noise": {None}}
+    for name, reasons in expected.items():
+        _hk, status, reason, score = by_hotkey[peers[name]["hotkey"]]
+        assert reason in reasons, (name, status, reason)
+        if reason is None:  # evaluated, and its loss scores earned nothing
+            assert (score or 0.0) <= 0.01, (name, score)
+    for n in honest:
+        assert by_hotkey[peers[n]["hotkey"]][1] == "accepted", n
+
+
+def test_validator_killed_mid_window_recovers(tmp_path: Path) -> None:
+    run_dir, port = tmp_path / "run", _free_port()
+    proc = _start(run_dir, port, "--windows", "4", "--honest", "2", "--adversaries", "copycat,free-rider-zero")
+    engine = None
+    try:
+        pids = run_dir / "pids.json"
+        db = run_dir / "validator.db"
+        deadline = time.monotonic() + 300
+        engine = sa.create_engine(f"sqlite:///{db}")
+        killed = False
+        while not killed and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+            if not db.exists():
+                continue
+            try:
+                with engine.connect() as c:
+                    scored = c.scalar(sa.select(sa.func.count()).select_from(Window).where(
+                        Window.status.in_(("scored", "weights_set")), Window.num_submitted > 0))
+            except sa.exc.OperationalError:
+                continue
+            if scored and scored >= 1:
+                time.sleep(8)  # into the next window: miners are training, the validator is waiting/scoring
+                os.kill(json.loads(pids.read_text())["validator"], signal.SIGKILL)
+                killed = True
+        assert killed, "no window was scored before the deadline"
+        out = _finish(proc, timeout=360)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-4000:]
+    assert "validator exited (-9); restarting" in out
+    _no_strays(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["validator_restarts"] == 1
+    with engine.connect() as c:
+        windows = [w for (w,) in c.execute(sa.select(Window.window).where(
+            Window.status.in_(("scored", "weights_set"))).order_by(Window.window))]
+        per_window = c.execute(sa.select(Evaluation.window, Evaluation.hotkey, sa.func.count())
+                               .group_by(Evaluation.window, Evaluation.hotkey)).all()
+        weight_windows = [w for (w,) in c.execute(sa.select(WeightSet.window))]
+    engine.dispose()
+    assert windows == list(range(windows[0], windows[0] + len(windows)))  # no hole
+    assert all(n == 1 for _w, _hk, n in per_window)  # one receipt per peer per window
+    assert len(weight_windows) == len(set(weight_windows))  # weights never set twice for a window
+    ranked = sorted(summary["peers"], key=lambda n: -summary["peers"][n]["weight"])
+    assert summary["peers"][ranked[0]]["kind"] == "honest"
+    # Effort order. Only these two are evaluated here, so honest-2 is the window's worst evaluated
+    # peer: it sets the floor of scoring.final_score and may earn 0 (by design).
+    assert summary["peers"]["honest-4"]["weight"] > summary["peers"]["honest-2"]["weight"]
+    for n in ("copycat", "free-rider-zero"):
+        assert summary["peers"][n]["weight"] <= 0.01 and summary["incentive"][n] <= 0.01

@@ -1,0 +1,98 @@
+"""Loss-based scores: contribution, indicator, moving average, first-order estimate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scoring.loss import contribution, first_order_estimate, indicator, relative_improvement, update_bma
+
+
+def test_contribution_hand_computed() -> None:
+    assert contribution(4.0, 3.0) == pytest.approx(0.25)  # (4 - 3) / 4
+    assert contribution(2.0, 2.5) == pytest.approx(-0.25)  # (2 - 2.5) / 2: the delta hurt
+    assert contribution(3.0, 3.0) == 0.0
+
+
+def test_relative_improvement_hand_computed() -> None:
+    assert relative_improvement(5.0, 4.5) == pytest.approx(0.1)  # 0.5 / 5
+
+
+@pytest.mark.parametrize(("before", "after"), [(0.0, 1.0), (-1.0, 1.0), (math.nan, 1.0), (math.inf, 1.0)])
+def test_bad_before_loss_raises(before: float, after: float) -> None:
+    with pytest.raises(ValueError, match="before"):
+        relative_improvement(before, after)
+
+
+@pytest.mark.parametrize("after", [math.nan, math.inf])
+def test_non_finite_after_loss_raises(after: float) -> None:
+    with pytest.raises(ValueError, match="not_finite"):
+        contribution(3.0, after)
+
+
+def test_indicator() -> None:
+    assert indicator(0.3, 0.2) == 1
+    assert indicator(0.2, 0.2) == -1  # a tie shows no work on the assigned pages
+    assert indicator(0.1, 0.2) == -1
+    assert indicator(-0.01, -0.02) == 1  # both worse, but assigned less so
+
+
+def test_indicator_margin() -> None:
+    # 15% margin: assigned must exceed random by more than 0.15 * |random|.
+    assert indicator(0.0118, 0.0100, margin=0.15) == 1  # ratio 1.18: the weakest honest miner measured
+    assert indicator(0.0110, 0.0100, margin=0.15) == -1  # ratio 1.10: a typical wrong-pages window (mean 1.09)
+    assert indicator(0.625, 0.5, margin=0.25) == -1  # exactly on the margin (0.125 = 0.25 * 0.5) is not enough
+    assert indicator(-0.015, -0.02, margin=0.15) == 1  # 0.005 > 0.15 * |-0.02| = 0.003
+    assert indicator(0.0, 0.0, margin=0.15) == -1  # a delta that changes nothing shows no work
+    with pytest.raises(ValueError, match="margin"):
+        indicator(0.1, 0.1, margin=-0.1)
+
+
+def test_update_bma_sequence() -> None:
+    # 0.95 * 0 + 0.05 * 1 = 0.05; then 0.95 * 0.05 + 0.05 * (-1) = 0.0475 - 0.05 = -0.0025.
+    bma = update_bma(0.0, 1, 0.05)
+    assert bma == pytest.approx(0.05)
+    assert update_bma(bma, -1, 0.05) == pytest.approx(-0.0025)
+    # alpha = 1 forgets the past entirely.
+    assert update_bma(0.7, -1, 1.0) == -1.0
+
+
+@pytest.mark.parametrize(("ind", "alpha"), [(0, 0.05), (2, 0.05), (1, 0.0), (1, 1.5)])
+def test_update_bma_rejects_bad_inputs(ind: int, alpha: float) -> None:
+    with pytest.raises(ValueError):
+        update_bma(0.0, ind, alpha)
+
+
+def test_first_order_estimate_hand_computed() -> None:
+    g = torch.tensor([1.0, 2.0, 3.0])
+    d = torch.tensor([0.5, -1.0, 2.0])
+    # <g, d> = 0.5 - 2 + 6 = 4.5; predicted change = -0.2 * 4.5 = -0.9 (the loss falls).
+    assert first_order_estimate(g, d, 0.2) == pytest.approx(-0.9)
+
+
+def test_first_order_estimate_matches_a_quadratic_for_small_steps() -> None:
+    # L(θ) = ½‖θ‖², so g = θ and L(θ - ηΔ) - L(θ) = -η<θ, Δ> + ½η²‖Δ‖² exactly.
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(1000, generator=gen, dtype=torch.float64)
+    delta = theta + 0.1 * torch.randn(1000, generator=gen, dtype=torch.float64)
+    kept = torch.randperm(1000, generator=gen)[:50]
+    sparse = torch.zeros_like(delta)
+    sparse[kept] = delta[kept]
+    eta = 1e-3
+
+    def loss(t: torch.Tensor) -> float:
+        return float(0.5 * (t * t).sum())
+
+    actual = loss(theta - eta * sparse) - loss(theta)
+    predicted = first_order_estimate(theta[kept], delta[kept], eta)
+    second_order = 0.5 * eta**2 * float((sparse * sparse).sum())
+    assert actual == pytest.approx(predicted + second_order, rel=1e-9)
+    assert predicted < 0
+    assert abs(actual - predicted) < 0.01 * abs(predicted)
+
+
+def test_first_order_estimate_shape_mismatch() -> None:
+    with pytest.raises(ValueError, match="shapes differ"):
+        first_order_estimate(torch.zeros(3), torch.zeros(4), 0.2)

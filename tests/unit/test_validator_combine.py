@@ -1,0 +1,80 @@
+"""Window scoring glue: contributions, indicator, bma, ratings and penalties, hand-computed.
+
+Run: ``pytest tests/unit/test_validator_combine.py -q``
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from protocol.hparams import HParams
+from validator.combine import PeerPrev, combine_window
+from validator.evaluate import EvalResult
+from validator.stage1 import Candidate, Decoded, Rejected, Stage1Result
+
+HP = HParams()
+W = 10
+
+
+def _cand(hk: str, behind: int = 0) -> Candidate:
+    z = torch.zeros(1, 1)
+    return Candidate(hk, 0, 1.0, "h", 10, behind, Decoded({}, z.long(), z, 1.0))
+
+
+def _res(hk: str, ba: float, aa: float, br: float, ar: float) -> EvalResult:
+    return EvalResult(hk, ba, aa, br, ar, estimate=0.0, seconds=0.0)
+
+
+def test_two_evaluated_peers_and_every_penalty() -> None:
+    s1 = Stage1Result(accepted={"a": _cand("a"), "b": _cand("b", behind=1)})
+    s1.rejected = {
+        "c": Rejected("c", 2, "missing"),
+        "d": Rejected("d", 3, "copy", copy_of="a"),
+        "e": Rejected("e", 4, "malformed"),
+        "f": Rejected("f", 5, "late"),
+    }
+    prev = {hk: PeerPrev(hk) for hk in "abcdef"}
+    prev["c"] = PeerPrev("c", score=2.0)
+    prev["e"] = PeerPrev("e", score=3.0)
+    prev["f"] = PeerPrev("f", score=1.0, inactive_windows=3)  # 4th idle window in a row: full reset
+    results = {
+        "a": _res("a", 4.0, 3.0, 4.0, 3.6),  # assigned 0.25 > random 0.10 -> +1
+        "b": _res("b", 4.0, 3.9, 4.0, 3.8),  # assigned 0.025 < random 0.05 -> -1
+    }
+    out = combine_window(W, prev=prev, stage1=s1, results=results, hp=HP).peers
+    a, b = out["a"], out["b"]
+    assert a.contribution == pytest.approx(0.1) and b.contribution == pytest.approx(0.05)
+    assert a.indicator == 1 and b.indicator == -1
+    assert a.bma == pytest.approx(0.05) and b.bma == pytest.approx(-0.05)  # 0.95*0 +- 0.05
+    # Plackett-Luce, 2 players, mu=25, sigma^2 = (25/3)^2 + tau^2, beta = 7:
+    # c = sqrt(2 sigma^2 + 2 beta^2) = 15.3918; winner mu += sigma^2/c * 0.5 = 2.2562.
+    assert a.mu == pytest.approx(27.2562, abs=1e-3) and b.mu == pytest.approx(22.7438, abs=1e-3)
+    # sigma' = sigma * sqrt(1 - gamma sigma^2/c^2 p(1-p)), gamma = sigma/c -> 8.1669
+    assert a.sigma == pytest.approx(8.1669, abs=1e-3)
+    # floor = b's ordinal 22.7438 - 3*8.1669 = -1.7569 (the window's worst evaluated peer):
+    # a: (27.2562 - 24.5007 + 1.7569) * 0.05 * 1 = 4.5124 * 0.05 = 0.2256 (in sync: sync = 1)
+    assert a.score == pytest.approx((a.mu - 3 * a.sigma - (b.mu - 3 * b.sigma)) * 0.05 * 1.0)
+    assert a.score == pytest.approx(0.2256, abs=1e-3)
+    assert b.sync == pytest.approx((1 - 1 / 5) ** 2.5)  # one window behind
+    assert b.score == 0.0  # negative bma earns nothing
+    assert out["c"].score == pytest.approx(1.5) and out["c"].status == "missing"  # x0.75
+    assert out["d"].score == 0.0 and out["d"].banned_until == W + HP.scoring.copy_ban_windows
+    assert out["e"].score == 0.0 and out["e"].status == "rejected"
+    assert out["f"].score == 0.0 and out["f"].inactive_windows == 4
+
+
+def test_non_finite_loss_is_rejected_not_scored() -> None:
+    s1 = Stage1Result(accepted={"a": _cand("a"), "b": _cand("b")})
+    results = {"a": _res("a", 4.0, float("nan"), 4.0, float("inf")), "b": _res("b", 4.0, 3.0, 4.0, 3.0)}
+    outcome = combine_window(W, prev={"a": PeerPrev("a"), "b": PeerPrev("b")}, stage1=s1, results=results, hp=HP)
+    assert outcome.broken == {"a"}
+    assert outcome.peers["a"].status == "rejected" and outcome.peers["a"].score == 0.0
+
+
+def test_aggregate_ranking_keeps_improving_peers_best_first() -> None:
+    s1 = Stage1Result(accepted={k: _cand(k) for k in "abc"})
+    results = {"a": _res("a", 4, 3, 4, 3.9), "b": _res("b", 4, 3, 4, 3.5), "c": _res("c", 4, 3, 4, 4.2)}
+    outcome = combine_window(W, prev={k: PeerPrev(k) for k in "abc"}, stage1=s1, results=results, hp=HP)
+    assert outcome.ranked_for_aggregate(5) == ["b", "a"]  # c made the random loss worse
+    assert outcome.ranked_for_aggregate(1) == ["b"]

@@ -1,0 +1,95 @@
+"""Stage 2 evaluation: exact restore, shared "before" losses, clipping and the first-order estimate.
+
+Run: ``pytest tests/unit/test_validator_evaluate.py -q``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from protocol.model import ModelConfig, build_model
+from validator.evaluate import EvalJob, WindowEvaluator, apply_in_place, clip_step, eval_subset, restore
+
+CFG = ModelConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, mlp_hidden=32, max_seq_len=16)
+
+
+class FakePages:
+    """Deterministic pages of random tokens; counts how many pages were read."""
+
+    def __init__(self, page_seqs: int = 2, seq_len: int = 9) -> None:
+        self.page_seqs, self.seq_len, self.reads = page_seqs, seq_len, 0
+
+    def pages(self, ids: Sequence[int]) -> torch.Tensor:
+        self.reads += len(ids)
+        out = [torch.randint(0, CFG.vocab_size, (self.page_seqs, self.seq_len),
+                             generator=torch.Generator().manual_seed(1000 + i)) for i in ids]
+        return torch.cat(out)
+
+
+def _delta(model: torch.nn.Module, seed: int, keep: int = 20) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, p in model.named_parameters():
+        idx = torch.randperm(p.numel(), generator=g)[:keep].sort().values
+        out[name] = (idx, torch.randn(idx.numel(), generator=g) * 0.5)
+    return out
+
+
+def test_clip_step_hand_computed() -> None:
+    assert clip_step(norm=2.0, median_norm=4.0, eta=0.2) == 0.2  # below the median: unclipped
+    assert clip_step(norm=8.0, median_norm=4.0, eta=0.2) == pytest.approx(0.1)  # 0.2 * 4/8
+    assert clip_step(norm=3.0, median_norm=None, eta=0.5) == 0.5
+
+
+def test_apply_and_restore_is_bit_exact() -> None:
+    model = build_model(CFG, seed=1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    delta = _delta(model, 2)
+    saved = apply_in_place(model, delta, 0.37)
+    name = next(iter(delta))
+    idx, val = delta[name]
+    flat = dict(model.named_parameters())[name].detach().view(-1)
+    assert torch.equal(flat[idx], before[name].view(-1)[idx] - 0.37 * val)
+    restore(saved)
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[n])  # exact, not approximately equal
+
+
+def test_before_losses_shared_and_after_matches_direct_forward() -> None:
+    model = build_model(CFG, seed=3)
+    pages = FakePages()
+    ev = WindowEvaluator(model, pages, random_page_ids=[7, 8])
+    delta = _delta(model, 4)
+    r1 = ev.evaluate(EvalJob("a", delta, 0.2, (1, 2)))
+    reads_after_first = pages.reads
+    r2 = ev.evaluate(EvalJob("b", _delta(model, 5), 0.2, (1, 2)))
+    # Peer b reuses the cached "before" losses of pages 1 and 2: only the after-batch is read.
+    assert pages.reads - reads_after_first == 2
+    assert r1.loss_before_assigned == r2.loss_before_assigned
+    assert r1.loss_before_random == r2.loss_before_random
+    # The after-loss equals a forward pass on an independently perturbed copy.
+    ref = build_model(CFG, seed=3)
+    apply_in_place(ref, delta, 0.2)
+    with torch.inference_mode():
+        direct = ref.per_sequence_loss(pages.pages([7, 8])).double().mean()
+    assert r1.loss_after_random == pytest.approx(float(direct), rel=1e-5)
+
+
+def test_first_order_estimate_tracks_a_small_step() -> None:
+    model = build_model(CFG, seed=6)
+    ev = WindowEvaluator(model, FakePages(), random_page_ids=[3, 4, 5])
+    delta = _delta(model, 7, keep=60)
+    step = 1e-3
+    res = ev.evaluate(EvalJob("a", delta, step, (1,)))
+    exact = res.loss_after_random - res.loss_before_random
+    assert res.estimate == pytest.approx(exact, rel=0.1, abs=1e-6)
+
+
+def test_eval_subset_is_seeded_and_bounded() -> None:
+    a = eval_subset([5, 1, 9, 3], 2, seed=b"s" * 32, hotkey="hk")
+    assert a == eval_subset([9, 3, 5, 1], 2, seed=b"s" * 32, hotkey="hk")
+    assert len(a) == 2 and set(a) <= {1, 3, 5, 9}
+    assert eval_subset([4, 2], 3, seed=b"s" * 32, hotkey="hk") == (2, 4)

@@ -1,0 +1,97 @@
+"""Stage 1 filters that need no wire payload: sync distance, metadata, norms, copies, replays, bans.
+
+Run: ``pytest tests/unit/test_validator_stage1.py -q``
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from protocol.hparams import HParams
+from scoring.filters import Rejection
+from validator.collect import Collected
+from validator.stage1 import (
+    Candidate,
+    Decoded,
+    SketchHistory,
+    Stage1Result,
+    _check_meta,
+    _filter_copies,
+    _filter_norms,
+    run_stage1,
+    steps_behind,
+)
+
+HP = HParams()
+
+
+def _cand(hk: str, seed: int, norm_scale: float = 1.0, t: float = 0.0, like: Candidate | None = None) -> Candidate:
+    g = torch.Generator().manual_seed(seed)
+    if like is None:
+        idx = torch.stack([torch.randperm(4096, generator=g)[:64].sort().values + 4096 * c for c in range(8)])
+        val = torch.randn(8, 64, generator=g)
+    else:
+        idx, val = like.decoded.sketch_idx.clone(), like.decoded.sketch_val * 1.5
+    val = val * norm_scale
+    return Candidate(hk, 0, t, f"h{hk}", 100, 0, Decoded({}, idx, val, float(val.norm())))
+
+
+def test_steps_behind_hand_computed() -> None:
+    recent = {"h10": 10, "h8": 8}
+    assert steps_behind("h10", window=10, recent_hashes=recent) == 0
+    assert steps_behind("h8", window=10, recent_hashes=recent) == 2
+    assert steps_behind("zz", window=10, recent_hashes=recent) is None
+
+
+@pytest.mark.parametrize(
+    ("meta", "reason"),
+    [
+        (dict(spec_version=1, hotkey="me", window=5), None),
+        (dict(spec_version=2, hotkey="me", window=5), Rejection.MALFORMED),
+        (dict(spec_version=1, hotkey="other", window=5), Rejection.COPY),  # someone's signed upload
+        (dict(spec_version=1, hotkey="me", window=4), Rejection.REPLAY),  # own old delta
+        (dict(spec_version=1, hotkey="me", window=6), Rejection.MALFORMED),
+    ],
+)
+def test_signed_metadata(meta: dict, reason: Rejection | None) -> None:
+    got = _check_meta(SimpleNamespace(**meta), window=5, hotkey="me", hp=HP)
+    assert (got[0] if got else None) == reason
+
+
+def test_norm_bounds_against_the_window_median() -> None:
+    res = Stage1Result(accepted={"a": _cand("a", 1), "b": _cand("b", 2), "c": _cand("c", 3),
+                                 "big": _cand("big", 4, norm_scale=50.0), "zero": _cand("zero", 5, 0.0)})
+    _filter_norms(res, HP)  # max_norm_ratio = 10: 50x the median is out
+    assert res.rejected["big"].reason == "norm_too_large"
+    assert res.rejected["zero"].reason == "norm_too_small"
+    assert set(res.accepted) == {"a", "b", "c"}
+    norms = sorted(c.decoded.norm for c in res.accepted.values())
+    assert res.median_norm == pytest.approx(norms[1])  # median of the survivors
+
+
+def test_later_copy_is_rejected_and_earlier_kept_then_replay_caught() -> None:
+    orig = _cand("orig", 1, t=10.0)
+    res = Stage1Result(accepted={"orig": orig, "copier": _cand("copier", 0, t=20.0, like=orig),
+                                 "honest": _cand("honest", 2, t=5.0)})
+    history = SketchHistory(keep=3)
+    _filter_copies(res, window=7, hp=HP, history=history, seed=1)
+    assert set(res.accepted) == {"orig", "honest"}
+    assert res.rejected["copier"].reason == "copy" and res.rejected["copier"].copy_of == "orig"
+    # Next window: someone re-uploads orig's old delta (rescaled) -> replay of window 7.
+    nxt = Stage1Result(accepted={"replayer": _cand("replayer", 0, t=1.0, like=orig), "new": _cand("new", 9)})
+    _filter_copies(nxt, window=8, hp=HP, history=history, seed=2)
+    assert nxt.rejected["replayer"].reason == "replay" and set(nxt.accepted) == {"new"}
+
+
+def test_banned_and_uncollected_peers_get_their_reason() -> None:
+    collected = {
+        "b": Collected("b", 1, "s3://x", data=b"..", uploaded_at=1.0),
+        "m": Collected("m", 2, "s3://x", reason="missing"),
+        "l": Collected("l", 3, "s3://x", reason="late", uploaded_at=99.0),
+    }
+    res = run_stage1(collected, window=3, hp=HP, shapes={}, cfg=None, recent_hashes={}, banned=["b"])
+    assert {hk: r.reason for hk, r in res.rejected.items()} == {"b": "banned", "m": "missing", "l": "late"}
+    assert not res.accepted

@@ -1,0 +1,91 @@
+"""Yuma Consensus against hand-computed cases (see chain/yuma.py for the variant)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from chain.yuma import MINER_SHARE, OWNER_SHARE, VALIDATOR_SHARE, stake_weighted_consensus, yuma
+
+
+def _matrix(n: int, rows: dict[int, dict[int, float]]) -> np.ndarray:
+    w = np.zeros((n, n))
+    for i, row in rows.items():
+        for j, v in row.items():
+            w[i, j] = v
+    return w
+
+
+def test_colluding_minority_validator_is_clipped_to_consensus() -> None:
+    # uids 0, 1 honest validators (40% stake each), uid 2 a colluder (20%) who pushes
+    # its friend, miner uid 4, to 1.0. Honest weights: miner 3 -> 0.8, miner 4 -> 0.2.
+    w = _matrix(5, {0: {3: 0.8, 4: 0.2}, 1: {3: 0.8, 4: 0.2}, 2: {4: 1.0}})
+    stake = np.array([40.0, 40.0, 20.0, 0.0, 0.0])
+    r = yuma(w, stake, epoch_emission=1.0)
+
+    # Consensus: miner 3 -> 0.8 (80% of stake set >= 0.8); miner 4 -> 0.2, because 1.0
+    # is backed by only 20% of stake but 0.2 by 100%.
+    np.testing.assert_allclose(r.consensus, [0, 0, 0, 0.8, 0.2])
+    # The colluder's 1.0 is clipped to 0.2.
+    np.testing.assert_allclose(r.clipped_weights[2], [0, 0, 0, 0, 0.2])
+    # Ranks: miner 3 = .4*.8 + .4*.8 = .64; miner 4 = .4*.2 + .4*.2 + .2*.2 = .20 (not .36).
+    np.testing.assert_allclose(r.ranks, [0, 0, 0, 0.64, 0.20])
+    np.testing.assert_allclose(r.incentive, [0, 0, 0, 16 / 21, 5 / 21])
+    # Bonds column-normalised: miner 3 -> (.5, .5, 0); miner 4 -> (.4, .4, .2).
+    # Dividends: honest = .5*16/21 + .4*5/21 = 10/21; colluder = .2*5/21 = 1/21 (< its 20% stake).
+    np.testing.assert_allclose(r.dividends, [10 / 21, 10 / 21, 1 / 21, 0, 0])
+    np.testing.assert_allclose(
+        r.emission,
+        [VALIDATOR_SHARE * 10 / 21, VALIDATOR_SHARE * 10 / 21, VALIDATOR_SHARE / 21,
+         MINER_SHARE * 16 / 21, MINER_SHARE * 5 / 21],
+    )
+    assert r.owner_emission == pytest.approx(OWNER_SHARE)
+    assert r.emission.sum() + r.owner_emission == pytest.approx(1.0)
+
+
+def test_consensus_includes_ties_at_exactly_kappa() -> None:
+    # Two validators of equal stake: 1.0 is backed by exactly half the stake -> consensus 1.0.
+    w = np.array([[1.0, 0.5], [0.5, 0.25]])
+    assert stake_weighted_consensus(w, np.array([0.5, 0.5])).tolist() == [1.0, 0.5]
+    # With 49% behind the higher value, consensus drops to the lower one.
+    assert stake_weighted_consensus(w, np.array([0.49, 0.51])).tolist() == [0.5, 0.25]
+
+
+def test_weights_are_row_normalised_and_self_weights_dropped() -> None:
+    # Validator 0 gives itself 3 and miner 2 weight 1: after dropping the self weight its
+    # row is (0, 0, 1). Validator 1 (no stake, no permit) is ignored entirely.
+    w = _matrix(3, {0: {0: 3.0, 2: 1.0}, 1: {1: 5.0, 0: 5.0}})
+    r = yuma(w, np.array([10.0, 0.0, 0.0]))
+    np.testing.assert_allclose(r.incentive, [0, 0, 1])
+    np.testing.assert_allclose(r.dividends, [1, 0, 0])
+
+
+def test_no_weights_pays_validators_by_stake_and_no_miners() -> None:
+    r = yuma(np.zeros((3, 3)), np.array([3.0, 1.0, 0.0]), epoch_emission=10.0)
+    np.testing.assert_allclose(r.incentive, 0)
+    np.testing.assert_allclose(r.emission, [VALIDATOR_SHARE * 7.5, VALIDATOR_SHARE * 2.5, 0])
+
+
+def test_ema_bonds_reward_the_validator_who_backed_a_miner_first() -> None:
+    # Epoch 1: validator 0 backs miner 2, validator 1 backs miner 3 (equal stake).
+    stake = np.array([1.0, 1.0, 0.0, 0.0])
+    r1 = yuma(_matrix(4, {0: {2: 1.0}, 1: {3: 1.0}}), stake)
+    np.testing.assert_allclose(r1.bonds[:2, 2:], [[1, 0], [0, 1]])
+    # Epoch 2: both back miner 2. dB column 2 = (.5, .5); B = .1*dB + .9*B1 = (.95, .05).
+    r2 = yuma(_matrix(4, {0: {2: 1.0}, 1: {2: 1.0}}), stake, bonds_prev=r1.bonds)
+    np.testing.assert_allclose(r2.bonds[:2, 2], [0.95, 0.05])
+    np.testing.assert_allclose(r2.incentive, [0, 0, 1, 0])
+    np.testing.assert_allclose(r2.dividends, [0.95, 0.05, 0, 0])
+
+
+def test_explicit_permit_excludes_staked_non_validator() -> None:
+    w = _matrix(3, {0: {2: 1.0}, 1: {2: 0.0, 0: 1.0}})
+    r = yuma(w, np.array([1.0, 5.0, 0.0]), permit=np.array([True, False, False]))
+    np.testing.assert_allclose(r.incentive, [0, 0, 1])
+
+
+def test_rejects_bad_shapes_and_negative_values() -> None:
+    with pytest.raises(ValueError):
+        yuma(np.zeros((2, 3)), np.zeros(2))
+    with pytest.raises(ValueError):
+        yuma(-np.ones((2, 2)), np.ones(2))

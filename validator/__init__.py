@@ -1,0 +1,1 @@
+"""Validator: window loop, Gauntlet evaluation, persistence, Redis work queue, score API."""

@@ -1,0 +1,1 @@
+"""Routers of the score API (``/api/v1``) and the dashboard (HTML pages)."""

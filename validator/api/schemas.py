@@ -1,0 +1,236 @@
+"""Public response schemas of the score API (``/api/v1``): what miners and dashboards see.
+
+These are separate from the ORM models in ``validator.db.models`` on purpose (FastAPI
+template style): the table can grow columns without changing the wire format, and the
+conversion functions here are the one place that decides what may be published. In
+particular a window's random seed, and the random pages drawn from it, are shown only once
+the window's scoring is final (``scored``/``weights_set``); before that they are ``null``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from validator.db.models import FINAL_WINDOW_STATUSES, Evaluation, Peer, WeightSet, Window
+
+T = TypeVar("T")
+
+PeerStatus = Literal["active", "inactive", "banned", "deregistered"]
+WindowStatus = Literal["open", "scoring", "scored", "weights_set"]
+EvaluationStatus = Literal["accepted", "rejected", "missing"]
+
+
+class Public(BaseModel):
+    model_config = ConfigDict(from_attributes=True, extra="forbid")
+
+
+class ErrorDetail(Public):
+    """Body of every 4xx that is not a validation error."""
+
+    detail: str
+
+
+class Page(Public, Generic[T]):
+    """One page of a list: ``items`` from ``offset``, ``total`` across all pages."""
+
+    total: int = Field(ge=0)
+    limit: int = Field(ge=1)
+    offset: int = Field(ge=0)
+    items: list[T]
+
+
+class PeerPublic(Public):
+    """A peer's current state: rating (mu, sigma, ordinal = mu - 3 sigma), score and weight."""
+
+    hotkey: str
+    uid: int | None
+    status: PeerStatus
+    rating_mu: float
+    rating_sigma: float
+    ordinal: float
+    score: float
+    bma: float = Field(description="Moving average of the peer's indicator (its contribution signal).")
+    weight: float
+    first_seen_window: int | None
+    last_seen_window: int | None
+    inactive_windows: int
+    banned_until_window: int | None
+    updated_at: datetime
+
+
+class LeaderboardEntry(PeerPublic):
+    rank: int = Field(ge=1)
+
+
+class Leaderboard(Page[LeaderboardEntry]):
+    last_scored_window: int | None
+
+
+class Receipt(Public):
+    """The score receipt of one peer in one window: everything needed to re-check its score."""
+
+    window: int
+    window_final: bool = Field(description="Scoring of the window is final; seeds are published.")
+    hotkey: str
+    uid: int | None
+    status: EvaluationStatus
+    payload_hash: str | None
+    upload_bytes: int | None
+    uploaded_at: datetime | None
+    filters_passed: list[str]
+    reject_reason: str | None
+    reject_detail: str | None
+    copy_of_hotkey: str | None
+    random_seed_hex: str | None = Field(description="Published only once the window's scoring is final.")
+    base_model_hash: str | None
+    assigned_page_ids: list[int] | None
+    random_page_ids: list[int] | None = Field(description="Published only once the window's scoring is final.")
+    loss_before_assigned: float | None
+    loss_after_assigned: float | None
+    loss_before_random: float | None
+    loss_after_random: float | None
+    loss_improvement_assigned: float | None = Field(description="loss_before_assigned - loss_after_assigned")
+    loss_improvement_random: float | None = Field(description="loss_before_random - loss_after_random")
+    estimate: float | None
+    contribution: float | None
+    indicator: float | None
+    bma_after: float | None
+    sync_score: float | None
+    rating_mu_before: float | None
+    rating_sigma_before: float | None
+    rating_mu_after: float | None
+    rating_sigma_after: float | None
+    final_score: float | None
+    weight: float | None
+    eval_seconds: float | None
+    details: dict[str, Any]
+
+
+class WindowPublic(Public):
+    window: int
+    status: WindowStatus
+    base_model_hash: str | None
+    random_seed_hex: str | None = Field(description="Published only once the window's scoring is final.")
+    aggregate_hash: str | None
+    started_at: datetime
+    scored_at: datetime | None
+    num_submitted: int
+    num_evaluated: int
+    stage_timings: dict[str, Any]
+
+
+class ReasonCount(Public):
+    reason: str
+    count: int = Field(ge=0)
+
+
+class WindowSummary(WindowPublic):
+    """A window with its receipts counted by status and its rejections by reason."""
+
+    counts: dict[str, int]
+    rejections: list[ReasonCount]
+    weights_set: bool
+
+
+class Rejections(Public):
+    from_window: int | None
+    to_window: int | None
+    total: int = Field(ge=0)
+    reasons: list[ReasonCount]
+
+
+class WeightEntry(Public):
+    uid: int
+    hotkey: str | None
+    weight: float
+
+
+class WeightSetPublic(Public):
+    window: int
+    block: int | None
+    version_key: int
+    tx_status: Literal["pending", "success", "failed"]
+    tx_detail: str | None
+    set_at: datetime
+    weights: list[WeightEntry]
+
+
+class Health(Public):
+    status: Literal["ok", "degraded", "down"]
+    database: Literal["ok", "error"]
+    redis: Literal["ok", "down", "disabled"]
+    last_scored_window: int | None
+    version: str
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive UTC datetimes; publish every timestamp with its zone."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def _diff(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else before - after
+
+
+def peer_status(peer: Peer, last_scored: int | None) -> PeerStatus:
+    if peer.uid is None:
+        return "deregistered"
+    if peer.banned_until_window is not None and (last_scored is None or peer.banned_until_window > last_scored):
+        return "banned"
+    return "inactive" if peer.inactive_windows > 0 else "active"
+
+
+def peer_public(peer: Peer, last_scored: int | None) -> PeerPublic:
+    return PeerPublic(
+        hotkey=peer.hotkey, uid=peer.uid, status=peer_status(peer, last_scored),
+        rating_mu=peer.rating_mu, rating_sigma=peer.rating_sigma,
+        ordinal=peer.rating_mu - 3.0 * peer.rating_sigma, score=peer.score, bma=peer.bma,
+        weight=peer.weight, first_seen_window=peer.first_seen_window, last_seen_window=peer.last_seen_window,
+        inactive_windows=peer.inactive_windows, banned_until_window=peer.banned_until_window,
+        updated_at=_utc(peer.updated_at),
+    )
+
+
+def receipt(row: Evaluation, *, window_status: str) -> Receipt:
+    """The public receipt; seed and random pages are withheld until the window is final."""
+    final = window_status in FINAL_WINDOW_STATUSES
+    return Receipt(
+        window=row.window, window_final=final, hotkey=row.hotkey, uid=row.uid, status=row.status,  # type: ignore[arg-type]
+        payload_hash=row.payload_hash, upload_bytes=row.upload_bytes, uploaded_at=_utc(row.uploaded_at),
+        filters_passed=list(row.filters_passed or []), reject_reason=row.reject_reason,
+        reject_detail=row.reject_detail, copy_of_hotkey=row.copy_of_hotkey,
+        random_seed_hex=row.random_seed_hex if final else None, base_model_hash=row.base_model_hash,
+        assigned_page_ids=row.assigned_page_ids, random_page_ids=row.random_page_ids if final else None,
+        loss_before_assigned=row.loss_before_assigned, loss_after_assigned=row.loss_after_assigned,
+        loss_before_random=row.loss_before_random, loss_after_random=row.loss_after_random,
+        loss_improvement_assigned=_diff(row.loss_before_assigned, row.loss_after_assigned),
+        loss_improvement_random=_diff(row.loss_before_random, row.loss_after_random),
+        estimate=row.estimate, contribution=row.contribution, indicator=row.indicator,
+        bma_after=row.bma_after, sync_score=row.sync_score, rating_mu_before=row.rating_mu_before,
+        rating_sigma_before=row.rating_sigma_before, rating_mu_after=row.rating_mu_after,
+        rating_sigma_after=row.rating_sigma_after, final_score=row.final_score, weight=row.weight,
+        eval_seconds=row.eval_seconds, details=dict(row.details or {}),
+    )
+
+
+def window_public(row: Window) -> WindowPublic:
+    return WindowPublic(
+        window=row.window, status=row.status, base_model_hash=row.base_model_hash,  # type: ignore[arg-type]
+        random_seed_hex=row.published_seed, aggregate_hash=row.aggregate_hash, started_at=_utc(row.started_at),
+        scored_at=_utc(row.scored_at), num_submitted=row.num_submitted, num_evaluated=row.num_evaluated,
+        stage_timings=dict(row.stage_timings or {}),
+    )
+
+
+def weight_set_public(row: WeightSet, hotkeys: dict[int, str]) -> WeightSetPublic:
+    return WeightSetPublic(
+        window=row.window, block=row.block, version_key=row.version_key, tx_status=row.tx_status,  # type: ignore[arg-type]
+        tx_detail=row.tx_detail, set_at=_utc(row.set_at),
+        weights=[WeightEntry(uid=u, hotkey=hotkeys.get(u), weight=w) for u, w in zip(row.uids, row.weights, strict=False)],
+    )

@@ -1,0 +1,122 @@
+"""Startup wiring: turn settings and hyper-parameters into a running validator or worker.
+
+The startup sequence (like the FastAPI template's prestart): migrate the database, store
+the resolved configuration as a ``run_config`` row, load the hotkey, commit this
+validator's storage URL on chain (miners follow it for checkpoints and aggregates),
+connect Redis if configured (degraded without it), and build the
+:class:`validator.window.ValidatorContext`. Nothing here scores anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from chain.base import Chain, ChainError, open_chain
+from chain.wallets import load_hotkey
+from protocol.hparams import HParams, load_hparams
+from protocol.settings import Settings
+from protocol.storage import open_storage
+from validator import metrics
+from validator.db import repo
+from validator.db.session import make_engine, migrate, session_factory
+from validator.stage1 import SketchHistory
+from validator.stage2 import Stage2Runner
+from validator.window import ValidatorContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    allow_local_storage: bool = False
+    per_peer_timeout_s: float = 30.0
+    remote_timeout_s: float = 120.0
+    commit_storage_url: bool = True
+
+
+def _redis(settings: Settings) -> tuple[Any, Any] | tuple[None, None]:
+    """(WorkQueue, LeaderLease) when Redis is configured, else (None, None)."""
+    if not settings.redis_url:
+        return None, None
+    from validator.queue import LeaderLease, RedisHealth, WorkQueue, connect
+
+    client = connect(settings.redis_url)
+    health = RedisHealth(client)
+    return WorkQueue(client, health=health), LeaderLease(client, health=health)
+
+
+def leader_check(lease: Any, owner: str) -> Any:
+    """A callable telling whether this process may set weights now (lease held, or no Redis)."""
+    from validator.queue import QueueUnavailable
+
+    def is_leader() -> bool:
+        if lease is None:
+            return True
+        try:
+            return bool(lease.acquire(owner))
+        except QueueUnavailable:
+            # Degraded: the DB's unique weight set per window still prevents a double set.
+            log.warning("Redis down: acting as leader; the database guards against a second weight set")
+            return True
+
+    return is_leader
+
+
+def build_context(settings: Settings, hp: HParams | None = None, *, options: RunOptions | None = None,
+                  chain: Chain | None = None, keypair: Any = None, pages: Any = None) -> ValidatorContext:
+    """The validator's long-lived context; ``chain``/``keypair``/``pages`` may be injected (tests)."""
+    from protocol.codec import CodecConfig
+    from protocol.pages import default_store
+
+    options = options or RunOptions()
+    hp = hp or load_hparams(settings.hparams)
+    chain = chain or open_chain(settings.chain_url)
+    keypair = keypair or load_hotkey(settings.wallet_path, settings.wallet_name, settings.wallet_hotkey)
+    migrate(settings.db_url)
+    sessions = session_factory(make_engine(settings.db_url))
+    with sessions() as s:
+        repo.record_run_config(s, config={"settings": settings.model_dump(mode="json"), "hparams": hp.model_dump(
+            mode="json"), "options": options.__dict__}, hotkey=keypair.ss58_address)
+    if options.commit_storage_url:
+        try:
+            chain.commit(keypair, settings.netuid, settings.storage_url)
+        except ChainError as exc:
+            log.warning("could not commit the storage URL on chain: %s", exc)
+    pages = pages if pages is not None else default_store(settings.home, hp.data)
+    queue, lease = _redis(settings)
+    dispatcher = None
+    if queue is not None:
+        from validator.worker import QueueDispatcher
+
+        dispatcher = QueueDispatcher(queue)
+    return ValidatorContext(
+        hp=hp, chain=chain, netuid=settings.netuid, keypair=keypair, own_storage=open_storage(settings.storage_url),
+        sessions=sessions, codec_cfg=CodecConfig.from_params(hp.codec),
+        stage2=Stage2Runner(pages, dispatcher=dispatcher, remote_timeout_s=options.remote_timeout_s,
+                            num_pages=pages.num_pages),
+        allow_local_storage=options.allow_local_storage, per_peer_timeout_s=options.per_peer_timeout_s,
+        is_leader=leader_check(lease, f"{keypair.ss58_address}:{os.getpid()}"),
+        history=SketchHistory(hp.scoring.copy_history_windows),
+    )
+
+
+def build_worker(settings: Settings, *, validator_hotkey: str, allow_local_storage: bool,
+                 consumer: str, hp: HParams | None = None, pages: Any = None) -> Any:
+    from protocol.codec import CodecConfig
+    from protocol.pages import default_store
+    from validator.worker import Worker, WorkerConfig
+
+    hp = hp or load_hparams(settings.hparams)
+    queue, _ = _redis(settings)
+    if queue is None:
+        raise SystemExit("gauntlet validator worker needs redis_url (GAUNTLET_REDIS_URL)")
+    cfg = WorkerConfig(consumer=consumer, validator_hotkey=validator_hotkey, allow_local_storage=allow_local_storage)
+    return Worker(cfg, hp=hp, queue=queue, publish_storage=open_storage(settings.storage_url),
+                  pages=pages if pages is not None else default_store(settings.home, hp.data), codec_cfg=CodecConfig.from_params(hp.codec))
+
+
+def serve_metrics(settings: Settings) -> None:
+    metrics.serve(settings.metrics_port)

@@ -1,0 +1,86 @@
+"""``gauntlet validator run`` (the window loop) and ``gauntlet validator worker`` (Stage-2 jobs).
+
+Settings come from ``protocol.settings`` (``--config`` TOML, ``GAUNTLET_*`` environment,
+flags), hyper-parameters from ``protocol.hparams``. Heavy imports happen inside the
+commands so ``gauntlet --help`` stays instant.
+
+    gauntlet validator run --wallet-name validator --hotkey default --windows 3 --allow-local-storage
+    gauntlet validator worker --validator-hotkey 5F... --allow-local-storage
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+validator_app = typer.Typer(help="Score miners and set weights.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the validator-side commands to the top-level app."""
+    app.add_typer(validator_app, name="validator")
+
+
+def _settings(config: Path | None, wallet_name: str | None, hotkey: str | None):
+    from protocol.settings import load_settings
+
+    settings = load_settings(config, wallet_name=wallet_name, wallet_hotkey=hotkey)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return settings
+
+
+@validator_app.command("run")
+def run_cmd(
+    config: Path | None = typer.Option(None, "--config", help="TOML settings file."),
+    wallet_name: str | None = typer.Option(None, "--wallet-name", help="Wallet holding the validator hotkey."),
+    hotkey: str | None = typer.Option(None, "--hotkey", help="Hotkey name inside the wallet."),
+    windows: int | None = typer.Option(None, "--windows", help="Stop after scoring this many windows."),
+    allow_local_storage: bool = typer.Option(
+        False, "--allow-local-storage", help="Follow miners' file:// storage URLs (dev/local network only)."),
+    poll_s: float = typer.Option(2.0, "--poll-s", help="Seconds between chain polls when idle."),
+) -> None:
+    """Score every window as it closes, publish aggregates and checkpoints, set weights."""
+    from validator import app, service
+
+    settings = _settings(config, wallet_name, hotkey)
+    local = allow_local_storage or settings.chain_url.startswith("local:")
+    ctx = app.build_context(settings, options=app.RunOptions(allow_local_storage=local))
+    app.serve_metrics(settings)
+    logging.getLogger(__name__).info("validator %s on netuid %d, store %s", ctx.hotkey, ctx.netuid,
+                                     settings.storage_url)
+    scored = service.run(ctx, service.LoopConfig(max_windows=windows, poll_s=poll_s))
+    typer.echo(f"scored {scored} window(s)")
+
+
+@validator_app.command("worker")
+def worker_cmd(
+    config: Path | None = typer.Option(None, "--config", help="TOML settings file."),
+    validator_hotkey: str | None = typer.Option(
+        None, "--validator-hotkey", help="Whose published checkpoints/aggregates define theta (default: own wallet)."),
+    wallet_name: str | None = typer.Option(None, "--wallet-name"),
+    hotkey: str | None = typer.Option(None, "--hotkey"),
+    allow_local_storage: bool = typer.Option(False, "--allow-local-storage"),
+    max_jobs: int | None = typer.Option(None, "--max-jobs", help="Exit after this many jobs."),
+    idle_exit_s: float | None = typer.Option(None, "--idle-exit-s", help="Exit after this long without jobs."),
+    threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads for this worker."),
+) -> None:
+    """Evaluate Stage-2 jobs from the Redis work queue (run several, on any machine)."""
+    from validator import app
+    from validator.worker import default_consumer
+
+    settings = _settings(config, wallet_name, hotkey)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if validator_hotkey is None:
+        from chain.wallets import load_hotkey
+
+        validator_hotkey = load_hotkey(settings.wallet_path, settings.wallet_name, settings.wallet_hotkey).ss58_address
+    local = allow_local_storage or settings.chain_url.startswith("local:")
+    worker = app.build_worker(settings, validator_hotkey=validator_hotkey, allow_local_storage=local,
+                              consumer=default_consumer())
+    done = worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
+    typer.echo(f"worker done: {done} job(s)")

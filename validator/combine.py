@@ -1,0 +1,169 @@
+"""Turn a window's measurements into new peer state: scores, ratings, penalties, bans.
+
+The only module of validator/ that calls the pure scoring functions (``scoring.*``): they
+take previous state, this window's measurements and parameters and return new values; this
+file maps DB rows in and :class:`PeerOutcome` rows out, with no I/O of its own.
+
+Per registered peer, exactly one of:
+
+* **evaluated** (passed both stages): contribution = relative improvement of the random
+  loss; indicator = +1 if the assigned improvement beats the random one, else -1;
+  bma <- (1-a) bma + a indicator; the OpenSkill (Plackett-Luce) update ranks all evaluated
+  peers of the window by contribution; final = max(0, ordinal - floor) x max(0, bma) x sync_score
+  with floor = min(0, lowest ordinal of the window's evaluated peers) (``scoring.final``).
+* otherwise a ``scoring.final.WindowOutcome`` chosen from the stored reason (missing /
+  timeout / storage unavailable -> missing; late / early -> late; out_of_sync; copy or
+  replay -> copy; our own evaluation failure -> inactive; anything else -> invalid), and
+  ``scoring.final.apply_penalties`` applies the documented constants (x0.75 decay, reset
+  after 3 idle windows, 0 for invalid, 200-window ban for copies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.hparams import HParams
+from scoring.filters import Rejection
+from validator.collect import TIMEOUT, UNAVAILABLE
+from validator.evaluate import EvalResult
+from validator.stage1 import Stage1Result
+
+DEFAULT_MU = 25.0
+DEFAULT_SIGMA = 25.0 / 3.0
+
+#: An accepted peer whose evaluation failed on the validator's side (not the peer's fault).
+EVAL_FAILED = "evaluation_failed"
+COPY_REASONS = frozenset({Rejection.COPY.value, Rejection.REPLAY.value})
+
+
+@dataclass(frozen=True, slots=True)
+class PeerPrev:
+    """A peer's state before this window (defaults for a peer never seen)."""
+
+    hotkey: str
+    mu: float = DEFAULT_MU
+    sigma: float = DEFAULT_SIGMA
+    bma: float = 0.0
+    score: float = 0.0
+    inactive_windows: int = 0
+    banned_until: int | None = None
+
+    @classmethod
+    def from_row(cls, hotkey: str, row: Any) -> PeerPrev:
+        if row is None:
+            return cls(hotkey)
+        return cls(hotkey, row.rating_mu, row.rating_sigma, row.bma, row.score, row.inactive_windows,
+                   row.banned_until_window)
+
+
+@dataclass(slots=True)
+class PeerOutcome:
+    hotkey: str
+    uid: int | None
+    status: str  # accepted | rejected | missing
+    mu: float
+    sigma: float
+    bma: float
+    score: float
+    inactive_windows: int
+    banned_until: int | None
+    contribution: float | None = None
+    indicator: float | None = None
+    sync: float | None = None
+
+
+@dataclass
+class WindowOutcome:
+    peers: dict[str, PeerOutcome] = field(default_factory=dict)
+    broken: set[str] = field(default_factory=set)  # evaluated, but the loss became non-finite
+
+    def ranked_for_aggregate(self, limit: int) -> list[str]:
+        """Evaluated peers that improved the random loss, best final score first."""
+        ok = [p for p in self.peers.values() if p.status == "accepted" and (p.contribution or 0.0) > 0.0]
+        ok.sort(key=lambda p: (-p.score, -(p.contribution or 0.0), p.hotkey))
+        return [p.hotkey for p in ok[:limit]]
+
+    def peer_updates(self, window: int, uids: Mapping[str, int | None]) -> list[dict[str, Any]]:
+        return [
+            {"hotkey": p.hotkey, "uid": uids.get(p.hotkey), "seen_window": window, "rating_mu": p.mu,
+             "rating_sigma": p.sigma, "bma": p.bma, "score": p.score, "inactive_windows": p.inactive_windows,
+             "banned_until_window": p.banned_until}
+            for p in self.peers.values()
+        ]
+
+
+def _window_outcome(window: int, reason: str) -> Any:
+    """The ``scoring.final.WindowOutcome`` of a peer that was not evaluated."""
+    from scoring.final import WindowOutcome as Verdict
+
+    if reason in (Rejection.MISSING.value, TIMEOUT, UNAVAILABLE):
+        return Verdict.missing(window)
+    if reason in (Rejection.LATE.value, Rejection.EARLY.value):
+        return Verdict.late(window)
+    if reason == Rejection.OUT_OF_SYNC.value:
+        return Verdict.out_of_sync(window)
+    if reason in COPY_REASONS:
+        return Verdict.copy(window, reason)
+    if reason == EVAL_FAILED:
+        return Verdict.inactive(window)
+    return Verdict.invalid(window, reason)
+
+
+def _measure(stage1: Stage1Result, results: Mapping[str, EvalResult]
+             ) -> tuple[dict[str, EvalResult], dict[str, float], set[str]]:
+    """Evaluated peers with finite losses, their contributions, and the peers whose delta broke the model."""
+    from scoring import loss
+
+    evaluated: dict[str, EvalResult] = {}
+    contributions: dict[str, float] = {}
+    broken: set[str] = set()
+    for hk, r in results.items():
+        if hk not in stage1.accepted:
+            continue
+        try:
+            contributions[hk] = loss.contribution(r.loss_before_random, r.loss_after_random)
+            loss.relative_improvement(r.loss_before_assigned, r.loss_after_assigned)
+            evaluated[hk] = r
+        except ValueError:  # the loss after the step is not finite
+            broken.add(hk)
+    return evaluated, contributions, broken
+
+
+def combine_window(
+    window: int, *, prev: Mapping[str, PeerPrev], stage1: Stage1Result, results: Mapping[str, EvalResult],
+    hp: HParams,
+) -> WindowOutcome:
+    """New state of every peer in ``prev`` (all registered miners) after ``window``."""
+    from scoring import final as fin
+    from scoring import loss, ratings
+
+    sp = hp.scoring
+    evaluated, contributions, broken = _measure(stage1, results)
+    new_ratings = ratings.update_ratings(
+        {hk: ratings.Rating(prev[hk].mu, prev[hk].sigma) for hk in evaluated}, contributions, sp)
+    floor = fin.ordinal_floor(ratings.ordinal(new_ratings[hk]) for hk in evaluated)
+    out = WindowOutcome(broken=broken)
+    for hk, p in prev.items():
+        state = fin.PeerState(ratings.Rating(p.mu, p.sigma), p.bma, p.score, p.inactive_windows, p.banned_until)
+        rej = stage1.rejected.get(hk)
+        uid = rej.uid if rej is not None else (stage1.accepted[hk].uid if hk in stage1.accepted else None)
+        ind = sync = None
+        if hk in evaluated:
+            r = evaluated[hk]
+            ind = loss.indicator(loss.relative_improvement(r.loss_before_assigned, r.loss_after_assigned),
+                                 contributions[hk], sp.indicator_margin)
+            sync = fin.sync_score(stage1.accepted[hk].steps_behind, sp.sync_max_behind, sp.sync_exponent)
+            verdict = fin.WindowOutcome.evaluated(window, new_ratings[hk], loss.update_bma(p.bma, ind, sp.indicator_alpha),
+                                                  sync, floor)
+            status = "accepted"
+        else:
+            reason = rej.reason if rej is not None else (Rejection.NOT_FINITE.value if hk in broken else EVAL_FAILED)
+            verdict = _window_outcome(window, reason)
+            status = "missing" if reason == Rejection.MISSING.value else "rejected"
+        new = fin.apply_penalties(state, verdict, sp)
+        out.peers[hk] = PeerOutcome(hk, uid, status, new.rating.mu, new.rating.sigma, new.bma, new.score,
+                                    new.inactive_windows, new.banned_until_window, contributions.get(hk),
+                                    None if ind is None else float(ind), sync)
+    return out

@@ -1,0 +1,603 @@
+"""Queries and writes of the validator database, as plain functions taking the Session.
+
+Style (FastAPI template): every function takes the ``Session`` first and everything else
+keyword-only. Public write functions commit their own unit of work, so a caller cannot
+forget to; the composite :func:`mark_window_scored` writes a window's receipts, its peers'
+new state and the window's status in **one** transaction, which is what makes a ``kill -9``
+mid-window leave either nothing or everything. Writes are idempotent: a receipt is keyed
+by (window, hotkey) and upserted (``INSERT .. ON CONFLICT DO UPDATE``), peer fields are set
+(never incremented), a scored window is not scored again, and a window's weight set is
+unique, so a restarted validator can redo a window without double counting.
+
+Reads return ORM rows. A window's random seed is secret until the window is scored; use
+``Window.published_seed`` (or check ``Window.is_final``) before showing seeds or receipts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal, NotRequired, Required, TypedDict, Unpack, cast
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from validator.db.models import (
+    EVALUATION_STATUSES,
+    FINAL_WINDOW_STATUSES,
+    WEIGHT_TX_STATUSES,
+    WINDOW_STATUSES,
+    Evaluation,
+    Peer,
+    RunConfig,
+    WeightSet,
+    Window,
+    utcnow,
+)
+
+MAX_PAGE = 1000
+EvaluationStatus = Literal["accepted", "rejected", "missing"]
+WindowStatus = Literal["open", "scoring", "scored", "weights_set"]
+TxStatus = Literal["pending", "success", "failed"]
+
+
+class PeerChange(TypedDict, total=False):
+    """Fields of a peer to set; absent keys stay unchanged, an explicit None clears."""
+
+    uid: int | None
+    seen_window: int  # sets first_seen_window (if unset) and raises last_seen_window
+    rating_mu: float
+    rating_sigma: float
+    bma: float
+    score: float
+    weight: float
+    inactive_windows: int
+    banned_until_window: int | None
+
+
+class PeerUpdate(PeerChange):
+    """A :class:`PeerChange` with the hotkey it applies to (for :func:`mark_window_scored`)."""
+
+    hotkey: Required[str]
+
+
+class ReceiptFields(TypedDict, total=False):
+    """Optional columns of a score receipt (``evaluations`` row)."""
+
+    uid: int | None
+    payload_hash: str | None
+    upload_bytes: int | None
+    uploaded_at: datetime | None
+    filters_passed: list[str]
+    reject_reason: str | None
+    reject_detail: str | None
+    copy_of_hotkey: str | None
+    assigned_page_ids: list[int] | None
+    random_page_ids: list[int] | None
+    random_seed_hex: str | None
+    base_model_hash: str | None
+    loss_before_assigned: float | None
+    loss_after_assigned: float | None
+    loss_before_random: float | None
+    loss_after_random: float | None
+    contribution: float | None
+    indicator: float | None
+    bma_after: float | None
+    estimate: float | None
+    sync_score: float | None
+    rating_mu_before: float | None
+    rating_sigma_before: float | None
+    rating_mu_after: float | None
+    rating_sigma_after: float | None
+    final_score: float | None
+    weight: float | None
+    eval_seconds: float | None
+    details: dict[str, Any]
+
+
+class Receipt(ReceiptFields):
+    """A full receipt for :func:`mark_window_scored` (the window is given there)."""
+
+    hotkey: Required[str]
+    status: Required[EvaluationStatus]
+    window: NotRequired[int]
+
+
+_RECEIPT_COLUMNS = frozenset(ReceiptFields.__annotations__)
+_PEER_COLUMNS = frozenset(PeerChange.__annotations__)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _insert(session: Session, model: type[Any]) -> Any:
+    """The dialect's INSERT (with ``on_conflict_*``) for ``model``."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - only the two supported backends
+        raise NotImplementedError(f"unsupported database dialect: {dialect}")
+    return insert(model)
+
+
+def _check_page(limit: int, offset: int) -> None:
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+
+
+def _check_status(value: str, allowed: Sequence[str], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _unknown(fields: Mapping[str, Any], allowed: frozenset[str], what: str) -> None:
+    extra = set(fields) - allowed
+    if extra:
+        raise TypeError(f"unknown {what} field(s): {', '.join(sorted(extra))}")
+
+
+def _committed(session: Session, write: Any) -> Any:
+    """Run ``write()`` and commit; roll back and re-raise on any error."""
+    try:
+        result = write()
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return result
+
+
+# --------------------------------------------------------------------------- peers
+
+
+def _apply_peer(session: Session, *, hotkey: str, **changes: Any) -> Peer:
+    _unknown(changes, _PEER_COLUMNS, "peer")
+    peer = session.get(Peer, hotkey)
+    if peer is None:
+        peer = Peer(hotkey=hotkey)
+        session.add(peer)
+    if "uid" in changes and changes["uid"] is not None and peer.uid != changes["uid"]:
+        # A uid moves to the new hotkey when the old one is deregistered.
+        session.execute(
+            sa.update(Peer).where(Peer.uid == changes["uid"], Peer.hotkey != hotkey).values(uid=None)
+        )
+    seen = changes.pop("seen_window", None)
+    if seen is not None:
+        if peer.first_seen_window is None or seen < peer.first_seen_window:
+            peer.first_seen_window = seen
+        if peer.last_seen_window is None or seen > peer.last_seen_window:
+            peer.last_seen_window = seen
+    for name, value in changes.items():
+        setattr(peer, name, value)
+    session.flush()
+    return peer
+
+
+def upsert_peer(session: Session, *, hotkey: str, **changes: Unpack[PeerChange]) -> Peer:
+    """Create or update the peer ``hotkey`` with ``changes`` and commit."""
+    return cast(Peer, _committed(session, lambda: _apply_peer(session, hotkey=hotkey, **changes)))
+
+
+# --------------------------------------------------------------------------- receipts
+
+
+def _upsert_evaluation(
+    session: Session, *, window: int, hotkey: str, status: str, **fields: Any
+) -> Evaluation:
+    _unknown(fields, _RECEIPT_COLUMNS, "receipt")
+    _check_status(status, EVALUATION_STATUSES, "evaluation status")
+    values = {"window": window, "hotkey": hotkey, "status": status, **fields}
+    stmt = _insert(session, Evaluation).values(**values)
+    updates = {name: stmt.excluded[name] for name in values if name not in ("window", "hotkey")}
+    updates["updated_at"] = utcnow()
+    stmt = stmt.on_conflict_do_update(index_elements=["window", "hotkey"], set_=updates).returning(Evaluation)
+    row = session.scalars(stmt, execution_options={"populate_existing": True}).one()
+    return cast(Evaluation, row)
+
+
+def record_evaluation(
+    session: Session,
+    *,
+    window: int,
+    hotkey: str,
+    status: EvaluationStatus,
+    **fields: Unpack[ReceiptFields],
+) -> Evaluation:
+    """Write the score receipt of ``hotkey`` in ``window`` and commit.
+
+    Idempotent: recording the same (window, hotkey) again overwrites the given fields of
+    the one receipt (fields not given keep their value). The window row must exist
+    (:func:`open_window`).
+    """
+
+    def write() -> Evaluation:
+        return _upsert_evaluation(session, window=window, hotkey=hotkey, status=status, **fields)
+
+    return cast(Evaluation, _committed(session, write))
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def open_window(
+    session: Session,
+    *,
+    window: int,
+    base_model_hash: str | None = None,
+    random_seed_hex: str | None = None,
+    started_at: datetime | None = None,
+) -> Window:
+    """Create window ``window`` as ``open`` (no-op when it exists) and commit; returns the row.
+
+    Unset ``base_model_hash``/``random_seed_hex`` of an existing, not yet final window are
+    filled in; values already stored are never changed (the seed is fixed once drawn).
+    """
+
+    def write() -> Window:
+        values: dict[str, Any] = {"window": window, "status": "open", "started_at": started_at or utcnow()}
+        stmt = _insert(session, Window).values(**values).on_conflict_do_nothing(index_elements=["window"])
+        session.execute(stmt)
+        row = session.get(Window, window, populate_existing=True)
+        assert row is not None
+        if not row.is_final:
+            if row.base_model_hash is None and base_model_hash is not None:
+                row.base_model_hash = base_model_hash
+            if row.random_seed_hex is None and random_seed_hex is not None:
+                row.random_seed_hex = random_seed_hex
+        session.flush()
+        return row
+
+    return cast(Window, _committed(session, write))
+
+
+def set_window_status(session: Session, *, window: int, status: WindowStatus) -> bool:
+    """Move ``window`` to ``status`` unless it is already final; commit. False if not moved."""
+    _check_status(status, WINDOW_STATUSES, "window status")
+
+    def write() -> bool:
+        stmt = (
+            sa.update(Window)
+            .where(Window.window == window, Window.status.not_in(FINAL_WINDOW_STATUSES))
+            .values(status=status)
+        )
+        return bool(session.execute(stmt).rowcount)
+
+    return cast(bool, _committed(session, write))
+
+
+def _lock_window(session: Session, window: int) -> Window:
+    """The window row, created if missing, locked against a concurrent scorer (PostgreSQL)."""
+    stmt = _insert(session, Window).values(window=window, status="open", started_at=utcnow())
+    session.execute(stmt.on_conflict_do_nothing(index_elements=["window"]))
+    row = session.get(Window, window, with_for_update=True, populate_existing=True)
+    assert row is not None
+    return row
+
+
+def mark_window_scored(
+    session: Session,
+    *,
+    window: int,
+    evaluations: Iterable[Receipt] = (),
+    peers: Iterable[PeerUpdate] = (),
+    aggregate_hash: str | None = None,
+    random_seed_hex: str | None = None,
+    base_model_hash: str | None = None,
+    stage_timings: Mapping[str, float] | None = None,
+    num_submitted: int | None = None,
+    num_evaluated: int | None = None,
+    scored_at: datetime | None = None,
+) -> bool:
+    """Write a window's receipts, its peers' new state and its ``scored`` status atomically.
+
+    Everything commits in one transaction: if anything fails (or the process dies) before
+    the commit, nothing of it is stored and the window is still to be scored. Returns False,
+    changing nothing, when the window is already scored (a redo after a restart). Counts
+    default to the window's receipts: submitted = not ``missing``, evaluated = ``accepted``.
+    """
+
+    def write() -> bool:
+        row = _lock_window(session, window)
+        if row.is_final:
+            return False
+        for receipt in evaluations:
+            fields = dict(receipt)
+            if fields.pop("window", window) != window:
+                raise ValueError(f"receipt for window {receipt.get('window')} passed for window {window}")
+            _upsert_evaluation(session, window=window, **fields)
+        for update in peers:
+            _apply_peer(session, **update)
+        counts = _status_counts(session, window)
+        row.status = "scored"
+        row.scored_at = scored_at or utcnow()
+        row.num_submitted = (
+            num_submitted
+            if num_submitted is not None
+            else sum(n for s, n in counts.items() if s != "missing")
+        )
+        row.num_evaluated = num_evaluated if num_evaluated is not None else counts.get("accepted", 0)
+        if aggregate_hash is not None:
+            row.aggregate_hash = aggregate_hash
+        if random_seed_hex is not None:
+            row.random_seed_hex = random_seed_hex
+        if base_model_hash is not None:
+            row.base_model_hash = base_model_hash
+        if stage_timings is not None:
+            row.stage_timings = dict(stage_timings)
+        session.flush()
+        return True
+
+    try:
+        return cast(bool, _committed(session, write))
+    finally:
+        session.expire_all()  # rows touched by a rolled-back write must not look stored
+
+
+def _status_counts(session: Session, window: int) -> dict[str, int]:
+    stmt = (
+        sa.select(Evaluation.status, sa.func.count())
+        .where(Evaluation.window == window)
+        .group_by(Evaluation.status)
+    )
+    return {status: int(n) for status, n in session.execute(stmt)}
+
+
+def last_scored_window(session: Session) -> int | None:
+    """The highest window whose scoring is final, or None."""
+    stmt = sa.select(sa.func.max(Window.window)).where(Window.status.in_(FINAL_WINDOW_STATUSES))
+    return session.scalar(stmt)
+
+
+def windows_to_score(session: Session, *, current_window: int, lookback: int | None = None) -> list[int]:
+    """Closed windows (before ``current_window``) still to score, oldest first.
+
+    These are the windows stored as ``open``/``scoring`` plus the windows missing from the
+    database between the last scored one and ``current_window`` (the validator was down).
+    ``lookback`` limits the answer to windows >= ``current_window - lookback``.
+    """
+    lower = None if lookback is None else current_window - lookback
+    stmt = sa.select(Window.window, Window.status).where(Window.window < current_window)
+    if lower is not None:
+        stmt = stmt.where(Window.window >= lower)
+    known = dict(session.execute(stmt).tuples().all())
+    pending = {w for w, status in known.items() if status not in FINAL_WINDOW_STATUSES}
+    last = last_scored_window(session)
+    if last is not None:
+        start = last + 1 if lower is None else max(last + 1, lower)
+        pending.update(w for w in range(start, current_window) if w not in known)
+    return sorted(pending)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def record_weight_set(
+    session: Session,
+    *,
+    window: int,
+    uids: Sequence[int],
+    weights: Sequence[float],
+    version_key: int,
+    block: int | None = None,
+    tx_status: TxStatus = "pending",
+    tx_detail: str | None = None,
+    set_at: datetime | None = None,
+) -> bool:
+    """Claim the weight set of ``window`` and commit; False if the window already has one.
+
+    Call it *before* submitting the extrinsic (``tx_status="pending"``), then
+    :func:`update_weight_set` with the outcome: a validator killed in between will not set
+    weights for that window a second time.
+    """
+    if len(uids) != len(weights):
+        raise ValueError(f"{len(uids)} uids but {len(weights)} weights")
+    _check_status(tx_status, WEIGHT_TX_STATUSES, "tx_status")
+
+    def write() -> bool:
+        stmt = (
+            _insert(session, WeightSet)
+            .values(
+                window=window,
+                uids=[int(u) for u in uids],
+                weights=[float(w) for w in weights],
+                version_key=version_key,
+                block=block,
+                tx_status=tx_status,
+                tx_detail=tx_detail,
+                set_at=set_at or utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["window"])
+            .returning(WeightSet.id)
+        )
+        inserted = session.execute(stmt).scalar_one_or_none() is not None
+        if inserted and tx_status == "success":
+            _mark_weights_set(session, window)
+        return inserted
+
+    return cast(bool, _committed(session, write))
+
+
+def update_weight_set(
+    session: Session,
+    *,
+    window: int,
+    tx_status: TxStatus,
+    block: int | None = None,
+    tx_detail: str | None = None,
+) -> bool:
+    """Record the extrinsic's outcome for ``window``'s weight set; commit. False if none."""
+    _check_status(tx_status, WEIGHT_TX_STATUSES, "tx_status")
+
+    def write() -> bool:
+        values: dict[str, Any] = {"tx_status": tx_status}
+        if block is not None:
+            values["block"] = block
+        if tx_detail is not None:
+            values["tx_detail"] = tx_detail
+        stmt = sa.update(WeightSet).where(WeightSet.window == window).values(**values)
+        found = bool(session.execute(stmt).rowcount)
+        if found and tx_status == "success":
+            _mark_weights_set(session, window)
+        return found
+
+    return cast(bool, _committed(session, write))
+
+
+def _mark_weights_set(session: Session, window: int) -> None:
+    stmt = (
+        sa.update(Window)
+        .where(Window.window == window, Window.status == "scored")
+        .values(status="weights_set")
+    )
+    session.execute(stmt)
+
+
+def latest_weight_set(session: Session, *, successful_only: bool = False) -> WeightSet | None:
+    """The weight set of the highest window (only successful extrinsics if asked)."""
+    stmt = sa.select(WeightSet).order_by(WeightSet.window.desc()).limit(1)
+    if successful_only:
+        stmt = stmt.where(WeightSet.tx_status == "success")
+    return session.scalars(stmt).first()
+
+
+def weight_sets(session: Session, *, limit: int = 50, offset: int = 0) -> list[WeightSet]:
+    """Weight sets, newest window first."""
+    _check_page(limit, offset)
+    stmt = sa.select(WeightSet).order_by(WeightSet.window.desc()).limit(limit).offset(offset)
+    return list(session.scalars(stmt))
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def record_run_config(
+    session: Session, *, config: Mapping[str, Any], version: str | None = None, hotkey: str | None = None
+) -> RunConfig:
+    """Store the resolved configuration of this validator start and commit."""
+
+    def write() -> RunConfig:
+        row = RunConfig(config=dict(config), version=version, hotkey=hotkey)
+        session.add(row)
+        session.flush()
+        return row
+
+    return cast(RunConfig, _committed(session, write))
+
+
+def latest_run_config(session: Session) -> RunConfig | None:
+    return session.scalars(sa.select(RunConfig).order_by(RunConfig.id.desc()).limit(1)).first()
+
+
+# --------------------------------------------------------------------------- reads (API)
+
+
+def leaderboard(
+    session: Session, *, limit: int = 50, offset: int = 0, registered_only: bool = True
+) -> list[Peer]:
+    """Peers by score, highest first (ties by hotkey); only those holding a uid by default."""
+    _check_page(limit, offset)
+    stmt = sa.select(Peer).order_by(Peer.score.desc(), Peer.hotkey).limit(limit).offset(offset)
+    if registered_only:
+        stmt = stmt.where(Peer.uid.is_not(None))
+    return list(session.scalars(stmt))
+
+
+def count_peers(session: Session, *, registered_only: bool = True) -> int:
+    stmt = sa.select(sa.func.count()).select_from(Peer)
+    if registered_only:
+        stmt = stmt.where(Peer.uid.is_not(None))
+    return int(session.scalar(stmt) or 0)
+
+
+def peer(session: Session, *, hotkey: str | None = None, uid: int | None = None) -> Peer | None:
+    """One peer by hotkey or by its current uid (exactly one of them)."""
+    if (hotkey is None) == (uid is None):
+        raise ValueError("give exactly one of hotkey and uid")
+    if hotkey is not None:
+        return session.get(Peer, hotkey)
+    return session.scalars(sa.select(Peer).where(Peer.uid == uid)).first()
+
+
+def peer_history(session: Session, *, hotkey: str, limit: int = 50, offset: int = 0) -> list[Evaluation]:
+    """A peer's receipts, newest window first."""
+    _check_page(limit, offset)
+    stmt = (
+        sa.select(Evaluation)
+        .where(Evaluation.hotkey == hotkey)
+        .order_by(Evaluation.window.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(session.scalars(stmt))
+
+
+def evaluation(session: Session, *, window: int, hotkey: str) -> Evaluation | None:
+    """The receipt of ``hotkey`` in ``window``."""
+    stmt = sa.select(Evaluation).where(Evaluation.window == window, Evaluation.hotkey == hotkey)
+    return session.scalars(stmt).first()
+
+
+def window_evaluations(
+    session: Session,
+    *,
+    window: int,
+    limit: int = 100,
+    offset: int = 0,
+    status: EvaluationStatus | None = None,
+) -> list[Evaluation]:
+    """A window's receipts ordered by uid (receipts without a uid last, then by hotkey)."""
+    _check_page(limit, offset)
+    stmt = sa.select(Evaluation).where(Evaluation.window == window)
+    if status is not None:
+        _check_status(status, EVALUATION_STATUSES, "evaluation status")
+        stmt = stmt.where(Evaluation.status == status)
+    stmt = stmt.order_by(Evaluation.uid.is_(None), Evaluation.uid, Evaluation.hotkey)
+    return list(session.scalars(stmt.limit(limit).offset(offset)))
+
+
+def count_window_evaluations(session: Session, *, window: int, status: EvaluationStatus | None = None) -> int:
+    stmt = sa.select(sa.func.count()).select_from(Evaluation).where(Evaluation.window == window)
+    if status is not None:
+        stmt = stmt.where(Evaluation.status == status)
+    return int(session.scalar(stmt) or 0)
+
+
+def rejections_by_reason(
+    session: Session, *, from_window: int | None = None, to_window: int | None = None
+) -> dict[str, int]:
+    """Count of rejected (by reason) and missing (as ``"missing"``) receipts in a window range."""
+    reason = sa.func.coalesce(Evaluation.reject_reason, Evaluation.status)
+    stmt = sa.select(reason, sa.func.count()).where(Evaluation.status.in_(("rejected", "missing")))
+    if from_window is not None:
+        stmt = stmt.where(Evaluation.window >= from_window)
+    if to_window is not None:
+        stmt = stmt.where(Evaluation.window <= to_window)
+    stmt = stmt.group_by(reason).order_by(sa.func.count().desc(), reason)
+    return {str(r): int(n) for r, n in session.execute(stmt)}
+
+
+def get_window(session: Session, *, window: int) -> Window | None:
+    return session.get(Window, window)
+
+
+def windows(
+    session: Session, *, limit: int = 50, offset: int = 0, status: WindowStatus | None = None
+) -> list[Window]:
+    """Windows, newest first."""
+    _check_page(limit, offset)
+    stmt = sa.select(Window).order_by(Window.window.desc()).limit(limit).offset(offset)
+    if status is not None:
+        _check_status(status, WINDOW_STATUSES, "window status")
+        stmt = stmt.where(Window.status == status)
+    return list(session.scalars(stmt))
+
+
+def count_windows(session: Session, *, status: WindowStatus | None = None) -> int:
+    stmt = sa.select(sa.func.count()).select_from(Window)
+    if status is not None:
+        stmt = stmt.where(Window.status == status)
+    return int(session.scalar(stmt) or 0)

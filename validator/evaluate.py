@@ -1,0 +1,175 @@
+"""Stage 2: exact loss before/after each accepted delta, plus a first-order estimate.
+
+For window W every evaluated peer gets:
+
+* ``loss_before/after_assigned`` on ``eval_pages`` of the pages it was assigned (which ones
+  is drawn with the window's secret seed, so training only a subset does not pay), and
+* ``loss_before/after_random`` on pages drawn with the secret seed that no miner can
+  predict; one random set per window, shared by all peers, so their scores compare.
+
+"After" means theta_W with the evaluation step applied: theta - eta * c * delta, where
+eta = ``eval_step_scale`` x outer lr and c = min(1, cap / norm) with cap =
+``eval_clip_ratio`` x the window's median norm: loose enough that effort shows, tight
+enough that inflating a delta buys at most that factor (the aggregate clips to the median).
+
+Sharing and exactness: the "before" losses are computed once per page id and cached for
+the window. The delta is applied in place to one model copy and undone by writing back
+the original values saved at the touched indices, never by adding it again (theta + d - d
+is not theta in floating point). Assigned and random pages go through one batched forward
+under ``torch.inference_mode``.
+
+The first-order estimate comes from one backward pass on the random batch at theta_W: the
+predicted loss change is -eta * c * <g, delta> over the delta's kept coordinates only.
+It is stored next to the exact change so the two can be compared per receipt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from protocol.model import Model
+from protocol.sync import SparseUpdate
+from scoring.loss import first_order_estimate
+
+
+class PageSource(Protocol):
+    """Token pages by id; the validator's view of ``protocol.pages.PageStore``."""
+
+    def pages(self, ids: Sequence[int]) -> torch.Tensor:
+        """LongTensor [len(ids) * page_seqs, seq_len] in the order given."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EvalJob:
+    """One peer's Stage-2 work: its delta, the step to apply and the pages to score."""
+
+    hotkey: str
+    update: SparseUpdate
+    step: float  # eta * clip factor: theta_after = theta - step * delta
+    assigned_page_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EvalResult:
+    hotkey: str
+    loss_before_assigned: float
+    loss_after_assigned: float
+    loss_before_random: float
+    loss_after_random: float
+    estimate: float  # first-order predicted change of the random loss (negative = better)
+    seconds: float
+
+    def as_dict(self) -> dict[str, float | str]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def clip_step(norm: float, median_norm: float | None, eta: float) -> float:
+    """eta x min(1, median / norm): the evaluation step of a delta of this norm."""
+    if median_norm is None or norm <= 0 or norm <= median_norm:
+        return eta
+    return eta * (median_norm / norm)
+
+
+def eval_subset(assigned: Sequence[int], count: int, *, seed: bytes, hotkey: str) -> tuple[int, ...]:
+    """``count`` of a peer's assigned pages, chosen by the secret seed (all of them if fewer)."""
+    pages = sorted(set(assigned))
+    if len(pages) <= count:
+        return tuple(pages)
+    key = lambda p: hashlib.blake2b(seed + hotkey.encode() + p.to_bytes(8, "little"), digest_size=8).digest()  # noqa: E731
+    return tuple(sorted(pages, key=key)[:count])
+
+
+@torch.no_grad()
+def apply_in_place(model: Model, update: SparseUpdate, step: float) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """theta[idx] -= step * values; returns what :func:`restore` needs to undo it exactly."""
+    params = dict(model.named_parameters())
+    saved = []
+    for name, (idx, values) in update.items():
+        flat = params[name].data.view(-1)
+        original = flat[idx].clone()
+        flat.index_copy_(0, idx, original - step * values)
+        saved.append((flat, idx, original))
+    return saved
+
+
+@torch.no_grad()
+def restore(saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+    """Write back the original values at the touched indices (in reverse, for duplicates)."""
+    for flat, idx, original in reversed(saved):
+        flat.index_copy_(0, idx, original)
+
+
+class WindowEvaluator:
+    """Evaluates any number of peers against one theta_W and one random page set."""
+
+    def __init__(self, model: Model, pages: PageSource, random_page_ids: Sequence[int]) -> None:
+        self.model = model.eval()
+        self.pages = pages
+        self.random_page_ids = tuple(random_page_ids)
+        self._random_tokens = pages.pages(self.random_page_ids)
+        self._before: dict[int, torch.Tensor] = {}  # page id -> per-sequence losses at theta_W
+        self._grad: dict[str, torch.Tensor] | None = None
+        self.loss_before_random = self._page_losses_before(self.random_page_ids)
+
+    # -- shared "before" losses
+    def _page_losses_before(self, page_ids: Sequence[int]) -> float:
+        missing = [p for p in dict.fromkeys(page_ids) if p not in self._before]
+        if missing:
+            with torch.inference_mode():
+                losses = self.model.per_sequence_loss(self.pages.pages(missing))
+            for p, chunk in zip(missing, losses.chunk(len(missing)), strict=True):
+                self._before[p] = chunk.clone()
+        return float(torch.cat([self._before[p] for p in page_ids]).double().mean())
+
+    # -- first-order screen
+    def gradient(self) -> dict[str, torch.Tensor]:
+        """dL_random/dtheta at theta_W, flattened per parameter (one backward, computed once)."""
+        if self._grad is None:
+            self.model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                self.model.loss(self._random_tokens).backward()
+            self._grad = {n: p.grad.detach().reshape(-1).clone() for n, p in self.model.named_parameters()
+                          if p.grad is not None}
+            self.model.zero_grad(set_to_none=True)
+        return self._grad
+
+    def estimate(self, update: SparseUpdate, step: float) -> float:
+        """Predicted change of the random loss: -step * <g, delta> over the kept coordinates."""
+        grad = self.gradient()
+        names = [n for n in update if n in grad]
+        if not names:
+            return 0.0
+        g = torch.cat([grad[n][update[n][0]] for n in names])
+        d = torch.cat([update[n][1] for n in names])
+        return first_order_estimate(g, d, step)
+
+    # -- exact before/after
+    def evaluate(self, job: EvalJob) -> EvalResult:
+        t0 = time.perf_counter()
+        before_assigned = self._page_losses_before(job.assigned_page_ids)
+        estimate = self.estimate(job.update, job.step)
+        assigned = self.pages.pages(job.assigned_page_ids)
+        batch = torch.cat([assigned, self._random_tokens])
+        saved = apply_in_place(self.model, job.update, job.step)
+        try:
+            with torch.inference_mode():
+                losses = self.model.per_sequence_loss(batch).double()
+        finally:
+            restore(saved)
+        n = assigned.shape[0]
+        return EvalResult(
+            hotkey=job.hotkey,
+            loss_before_assigned=before_assigned,
+            loss_after_assigned=float(losses[:n].mean()),
+            loss_before_random=self.loss_before_random,
+            loss_after_random=float(losses[n:].mean()),
+            estimate=estimate,
+            seconds=time.perf_counter() - t0,
+        )

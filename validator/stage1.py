@@ -1,0 +1,259 @@
+"""Stage 1: cheap per-peer filters that decide which uploads are worth a loss evaluation.
+
+Each collected upload either becomes a :class:`Candidate` (parsed, signed, in sync,
+decoded, finite, within the window's norm bounds, not a copy) or gets exactly one stored
+reason (``scoring.filters.Rejection`` value plus a detail). The order is cheapest first,
+and a failure of one peer never affects another (every step is per peer and caught).
+
+1. registered hotkey and not banned (DB state), collected on time (collect.py);
+2. the strict wire parser: size, structure, signature (its ``WireError.reason`` is kept
+   as the detail of ``malformed``; a bad signature has its own reason);
+3. the signed metadata: window == W (an older window is a *replay*), hotkey == uploader
+   (someone else's signed delta re-uploaded is a *copy*), spec version;
+4. sync: the signed base-model hash must be theta_W's; the hash of an older theta (kept
+   in ``recent_hashes``) counts as ``steps_behind`` for the sync score, anything else
+   (or too far behind) is ``out_of_sync``;
+5. decode, finiteness, and norm bounds against the median of this window's norms;
+6. copy detection within the window and against earlier windows' sketches
+   (``scoring.copies``); the earlier uploader is kept, the later one rejected and banned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from protocol.hparams import HParams
+from protocol.sync import SparseUpdate
+from scoring.copies import PeerSketch, detect_copies
+from scoring.filters import Rejection, check_norm
+from validator.collect import Collected
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Decoded:
+    """A peer's delta in the two forms the validator needs.
+
+    ``update``: name -> (flat int64 indices into the real tensor, float32 values), padding
+    dropped, ready for the evaluation step and the aggregate. ``sketch_idx/val``: the
+    codec's ``[n_chunks, k]`` layout with per-tensor offsets, for copy detection.
+    """
+
+    update: SparseUpdate
+    sketch_idx: torch.Tensor
+    sketch_val: torch.Tensor
+    norm: float
+
+
+@dataclass(slots=True)
+class Candidate:
+    """An upload that passed Stage 1."""
+
+    hotkey: str
+    uid: int | None
+    uploaded_at: float
+    payload_hash: str
+    size: int
+    steps_behind: int
+    decoded: Decoded
+
+
+@dataclass(slots=True)
+class Rejected:
+    """A peer with no usable upload this window, and why (stored in its receipt)."""
+
+    hotkey: str
+    uid: int | None
+    reason: str
+    detail: str = ""
+    copy_of: str | None = None
+    uploaded_at: float | None = None
+    payload_hash: str | None = None
+    size: int | None = None
+    norm: float | None = None
+
+
+@dataclass(slots=True)
+class Stage1Result:
+    accepted: dict[str, Candidate] = field(default_factory=dict)
+    rejected: dict[str, Rejected] = field(default_factory=dict)
+    median_norm: float | None = None
+
+
+class SketchHistory:
+    """The last ``keep`` windows' accepted sketches, for replay detection (memory only).
+
+    After a restart the history starts empty; signed window numbers still catch replays
+    of a peer's own old uploads, so only cross-window copies of *someone else's* values in
+    the first windows after a restart can slip through (documented limitation).
+    """
+
+    def __init__(self, keep: int) -> None:
+        self._windows: deque[tuple[int, list[PeerSketch]]] = deque(maxlen=max(1, keep))
+
+    def add(self, window: int, sketches: list[PeerSketch]) -> None:
+        if not self._windows or self._windows[-1][0] < window:
+            self._windows.append((window, sketches))
+
+    def before(self, window: int) -> list[PeerSketch]:
+        return [s for w, group in self._windows if w < window for s in group]
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_upload(encoded: Mapping[str, object], shapes: Mapping[str, tuple[int, ...]], cfg: object) -> Decoded:
+    """Decode every tensor's top-k values; raises ValueError on anything inconsistent."""
+    from protocol.codec import decode_sparse
+
+    update: SparseUpdate = {}
+    idx_rows, val_rows = [], []
+    offset, sq = 0, 0.0
+    for name in sorted(shapes):
+        sparse = decode_sparse(encoded[name], cfg)
+        numel = math.prod(shapes[name])
+        idx = sparse.indices.to(torch.int64)
+        val = sparse.values.to(torch.float32)
+        padded = idx.shape[0] * int(getattr(cfg, "chunk", 0) or 0) or numel
+        flat_idx, flat_val = idx.reshape(-1), val.reshape(-1)
+        real = flat_idx < numel  # positions in the chunk padding carry no parameter
+        update[name] = (flat_idx[real].contiguous(), flat_val[real].contiguous())
+        idx_rows.append(idx + offset)
+        val_rows.append(val)
+        offset += max(padded, numel)
+        sq += float(torch.sum(flat_val.double() ** 2))
+    return Decoded(update, torch.cat(idx_rows), torch.cat(val_rows), math.sqrt(sq))
+
+
+# --------------------------------------------------------------------------- the filters
+
+
+def _check_meta(meta: object, *, window: int, hotkey: str, hp: HParams) -> tuple[Rejection, str] | None:
+    if getattr(meta, "spec_version", None) != hp.spec_version:
+        return Rejection.MALFORMED, f"spec_version {getattr(meta, 'spec_version', None)} != {hp.spec_version}"
+    if getattr(meta, "hotkey", None) != hotkey:
+        return Rejection.COPY, f"signed by {getattr(meta, 'hotkey', None)}"
+    signed_window = getattr(meta, "window", None)
+    if signed_window != window:
+        if isinstance(signed_window, int) and signed_window < window:
+            return Rejection.REPLAY, f"signed for window {signed_window}"
+        return Rejection.MALFORMED, f"signed for window {signed_window}"
+    return None
+
+
+def steps_behind(base_hash: str, *, window: int, recent_hashes: Mapping[str, int]) -> int | None:
+    """How many windows old the peer's base model is (0 = theta_W); None if unknown."""
+    base_window = recent_hashes.get(base_hash)
+    return None if base_window is None or base_window > window else window - base_window
+
+
+def _parse_one(
+    peer: Collected, *, window: int, hp: HParams, shapes: Mapping[str, tuple[int, ...]], cfg: object,
+    recent_hashes: Mapping[str, int],
+) -> Candidate | Rejected:
+    from protocol.wire import WireError, parse_delta
+
+    base = Rejected(peer.hotkey, peer.uid, "", uploaded_at=peer.uploaded_at, size=peer.size)
+    assert peer.data is not None
+    try:
+        parsed = parse_delta(peer.data, expected_shapes=shapes, cfg=cfg, max_bytes=hp.max_upload_bytes)
+    except WireError as exc:
+        bad_sig = "signature" in str(getattr(exc, "reason", ""))
+        base.reason = (Rejection.BAD_SIGNATURE if bad_sig else Rejection.MALFORMED).value
+        base.detail = f"{getattr(exc, 'reason', '')}: {getattr(exc, 'detail', '')}"[:500]
+        return base
+    base.payload_hash = parsed.payload_hash
+    problem = _check_meta(parsed.meta, window=window, hotkey=peer.hotkey, hp=hp)
+    if problem is not None:
+        base.reason, base.detail = problem[0].value, problem[1]
+        return base
+    behind = steps_behind(parsed.meta.base_model_hash, window=window, recent_hashes=recent_hashes)
+    if behind is None or behind >= hp.scoring.sync_max_behind:
+        base.reason = Rejection.OUT_OF_SYNC.value
+        base.detail = f"base {parsed.meta.base_model_hash[:16]} behind={behind}"
+        return base
+    try:
+        decoded = decode_upload(parsed.encoded, shapes, cfg)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        base.reason, base.detail = Rejection.MALFORMED.value, f"decode: {exc}"[:500]
+        return base
+    if not all(torch.isfinite(v).all() for _, v in decoded.update.values()) or not math.isfinite(decoded.norm):
+        base.reason = Rejection.NOT_FINITE.value
+        return base
+    return Candidate(peer.hotkey, peer.uid, float(peer.uploaded_at or 0.0), parsed.payload_hash,
+                     int(parsed.size), behind, decoded)
+
+
+def run_stage1(
+    collected: Mapping[str, Collected],
+    *,
+    window: int,
+    hp: HParams,
+    shapes: Mapping[str, tuple[int, ...]],
+    cfg: object,
+    recent_hashes: Mapping[str, int],
+    banned: Iterable[str] = (),
+    history: SketchHistory | None = None,
+    copy_seed: int = 0,
+) -> Stage1Result:
+    """Apply every filter; each registered hotkey ends in ``accepted`` or ``rejected``."""
+    result = Stage1Result()
+    banned = set(banned)
+    for hotkey, peer in collected.items():
+        if hotkey in banned:
+            result.rejected[hotkey] = Rejected(hotkey, peer.uid, Rejection.BANNED.value)
+        elif not peer.ok:
+            result.rejected[hotkey] = Rejected(hotkey, peer.uid, peer.reason or Rejection.MISSING.value,
+                                               peer.detail, uploaded_at=peer.uploaded_at, size=peer.size)
+        else:
+            try:
+                out = _parse_one(peer, window=window, hp=hp, shapes=shapes, cfg=cfg, recent_hashes=recent_hashes)
+            except Exception as exc:  # per-peer isolation: one upload never aborts the window
+                log.exception("window %d: unexpected error parsing %s", window, hotkey)
+                out = Rejected(hotkey, peer.uid, Rejection.MALFORMED.value, f"internal: {exc!r}"[:500])
+            target = result.accepted if isinstance(out, Candidate) else result.rejected
+            target[hotkey] = out  # type: ignore[assignment]
+    _filter_norms(result, hp)
+    _filter_copies(result, window=window, hp=hp, history=history, seed=copy_seed)
+    return result
+
+
+def _filter_norms(result: Stage1Result, hp: HParams) -> None:
+    norms = {hk: c.decoded.norm for hk, c in result.accepted.items()}
+    for hotkey, reason in check_norm(norms, hp.scoring.max_norm_ratio).items():
+        cand = result.accepted.pop(hotkey)
+        result.rejected[hotkey] = Rejected(hotkey, cand.uid, reason.value, f"norm={cand.decoded.norm:.6g}",
+                                           uploaded_at=cand.uploaded_at, payload_hash=cand.payload_hash,
+                                           size=cand.size, norm=cand.decoded.norm)
+    # The median for clipping is over the peers that survived, like the aggregate's.
+    kept = [c.decoded.norm for c in result.accepted.values()]
+    result.median_norm = statistics.median(kept) if kept else None
+
+
+def _filter_copies(
+    result: Stage1Result, *, window: int, hp: HParams, history: SketchHistory | None, seed: int
+) -> None:
+    sketches = [PeerSketch(c.hotkey, window, c.uploaded_at, c.decoded.sketch_idx, c.decoded.sketch_val)
+                for c in result.accepted.values()]
+    earlier = history.before(window) if history is not None else []
+    findings = detect_copies(sketches, earlier, hp.scoring.copy_overlap_threshold,
+                             hp.scoring.copy_value_cosine, seed=seed)
+    for hotkey, finding in findings.items():
+        cand = result.accepted.pop(hotkey)
+        reason = Rejection.REPLAY if finding.kind == "replay" else Rejection.COPY
+        result.rejected[hotkey] = Rejected(
+            hotkey, cand.uid, reason.value,
+            f"of {finding.of_hotkey}@{finding.of_window} overlap={finding.overlap:.3f} cos={finding.cosine:.3f}",
+            copy_of=finding.of_hotkey, uploaded_at=cand.uploaded_at, payload_hash=cand.payload_hash,
+            size=cand.size, norm=cand.decoded.norm)
+    if history is not None:
+        # Keep every sketch (copies too): a later replay of a copy is still a replay.
+        history.add(window, sketches)

@@ -1,0 +1,191 @@
+"""Score one window end to end: collect, Stage 1, Stage 2, scores, aggregate, persist, weights.
+
+``score_window(ctx, W)`` is the whole pipeline as named steps; each step lives in its own
+module (collect, stage1, evaluate, combine, publish) and this file only wires them.
+
+Crash safety (a ``kill -9`` at any line): the window's secret seed is stored when the
+window is opened, so a redo draws the same random pages; the aggregate of W, once
+published, is authoritative (miners may already have applied it), so a redo re-uses it
+instead of publishing a different one; everything the window decides is written by one
+``mark_window_scored`` transaction, which is a no-op for a window already scored; and a
+weight set is claimed in the DB (unique per window) *before* the extrinsic is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from chain.base import Chain
+from protocol.global_model import GlobalModel, sync_global_model
+from protocol.hparams import HParams
+from protocol.storage import Storage
+from protocol.windows import window_bounds
+from validator import metrics
+from validator.collect import StorageCache, WindowTimes, collect_window
+from validator.combine import PeerPrev, WindowOutcome, combine_window
+from validator.db import repo
+from validator.publish import publish_window
+from validator.receipts import build_receipts
+from validator.stage1 import SketchHistory, Stage1Result, run_stage1
+from validator.stage2 import Stage2Plan, Stage2Runner, plan_stage2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ValidatorContext:
+    """Everything long-lived that scoring a window needs (built once by the service)."""
+
+    hp: HParams
+    chain: Chain
+    netuid: int
+    keypair: Any  # sr25519 hotkey Keypair; signs aggregates and checkpoints, sets weights
+    own_storage: Storage  # where this validator publishes aggregates and checkpoints
+    sessions: Any  # sessionmaker
+    stage2: Stage2Runner
+    codec_cfg: Any
+    allow_local_storage: bool = False
+    per_peer_timeout_s: float = 30.0
+    is_leader: Any = lambda: True  # callable: may this process set weights now?
+    model: GlobalModel | None = None
+    recent_hashes: dict[str, int] = field(default_factory=dict)  # model hash -> window of that theta
+    history: SketchHistory | None = None
+    stores: StorageCache = field(default_factory=StorageCache)
+
+    @property
+    def hotkey(self) -> str:
+        return str(self.keypair.ss58_address)
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    window: int
+    scored: bool
+    num_submitted: int = 0
+    num_evaluated: int = 0
+    aggregate_peers: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def crash_point(name: str) -> None:
+    """Test hook: ``GAUNTLET_VALIDATOR_CRASH_AT=<name>`` kills this process (SIGKILL) right here."""
+    if os.environ.get("GAUNTLET_VALIDATOR_CRASH_AT") == name:
+        log.warning("crash point %s: killing the process", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def window_times(chain: Chain, window: int, hp: HParams) -> WindowTimes:
+    b = window_bounds(window, hp.windows)
+    return WindowTimes(start=chain.block_timestamp(b.start_block), end=chain.block_timestamp(b.end_block))
+
+
+def ensure_model(ctx: ValidatorContext, window: int) -> GlobalModel:
+    """theta_W, from memory or restored from this validator's own published history."""
+    model = ctx.model
+    if model is None or model.window != window:
+        model = sync_global_model(model if model and model.window <= window else None, window, hp=ctx.hp,
+                                  storage=ctx.own_storage, publisher=ctx.hotkey)
+        if model.window != window:
+            raise RuntimeError(f"own history reaches window {model.window}, not {window}: cannot score it")
+    ctx.model = model
+    ctx.recent_hashes[model.hash] = window
+    for old in [h for h, w in ctx.recent_hashes.items() if w < window - ctx.hp.scoring.sync_max_behind]:
+        del ctx.recent_hashes[old]
+    return model
+
+
+def open_window_seed(ctx: ValidatorContext, window: int, base_hash: str) -> bytes:
+    """The window's secret seed: drawn once, stored before use, re-used by a redo."""
+    with ctx.sessions() as s:
+        row = repo.open_window(s, window=window, base_model_hash=base_hash,
+                               random_seed_hex=secrets.token_bytes(32).hex())
+        return bytes.fromhex(row.random_seed_hex or "")
+
+
+def load_peers(ctx: ValidatorContext, hotkeys: list[str]) -> dict[str, PeerPrev]:
+    with ctx.sessions() as s:
+        out = {}
+        for hk in hotkeys:
+            p = repo.peer(s, hotkey=hk)
+            out[hk] = PeerPrev.from_row(hk, p)
+        return out
+
+
+def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
+    """Run the whole pipeline for ``window`` (which must be closed); idempotent."""
+    with ctx.sessions() as s:
+        row = repo.get_window(s, window=window)
+        if row is not None and row.is_final:
+            return WindowReport(window, scored=False)
+    timings: dict[str, float] = {}
+    with metrics.timed("sync", timings):
+        model = ensure_model(ctx, window)
+        seed = open_window_seed(ctx, window, model.hash)
+    with metrics.timed("collect", timings):
+        meta = ctx.chain.metagraph(ctx.netuid)
+        hotkeys = {hk: uid for uid, hk in zip(meta.uids, meta.hotkeys, strict=True) if hk != ctx.hotkey}
+        collected = collect_window(window, hotkeys=hotkeys, commitments=ctx.chain.commitments(ctx.netuid),
+                                   times=window_times(ctx.chain, window, ctx.hp), hp=ctx.hp,
+                                   allow_local_storage=ctx.allow_local_storage,
+                                   per_peer_timeout_s=ctx.per_peer_timeout_s, stores=ctx.stores)
+    prev = load_peers(ctx, list(hotkeys))
+    with metrics.timed("stage1", timings):
+        banned = [hk for hk, p in prev.items() if p.banned_until is not None and p.banned_until >= window]
+        s1 = run_stage1(collected, window=window, hp=ctx.hp, shapes=model.shapes, cfg=ctx.codec_cfg,
+                        recent_hashes=ctx.recent_hashes, banned=banned, history=ctx.history,
+                        copy_seed=int.from_bytes(seed[:8], "little"))
+    with metrics.timed("stage2", timings):
+        plan: Stage2Plan = plan_stage2(window, s1, hp=ctx.hp, seed=seed, num_pages=ctx.stage2.num_pages,
+                                       collected=collected)
+        results = ctx.stage2.run(model, plan)
+    with metrics.timed("score", timings):
+        outcome = combine_window(window, prev=prev, stage1=s1, results=results, hp=ctx.hp)
+    with metrics.timed("aggregate", timings):
+        published = publish_window(ctx, window, model, s1, outcome)
+    crash_point("after_publish")
+    with metrics.timed("persist", timings):
+        receipts = build_receipts(window, s1, plan, results, outcome, prev=prev, base_hash=model.hash,
+                                  seed_hex=seed.hex())
+        with ctx.sessions() as s:
+            stored = repo.mark_window_scored(
+                s, window=window, evaluations=receipts, peers=outcome.peer_updates(window, hotkeys),
+                aggregate_hash=published.aggregate_hash, random_seed_hex=seed.hex(), base_model_hash=model.hash,
+                stage_timings=timings, num_submitted=sum(1 for c in collected.values() if c.size is not None),
+                num_evaluated=len(results))
+    ctx.model = published.next_model
+    ctx.recent_hashes[published.next_model.hash] = window + 1
+    ctx.stage2.forget(window)
+    _count(window, stored, s1, results)
+    return WindowReport(window, stored, sum(1 for c in collected.values() if c.size is not None), len(results),
+                        len(published.peers), timings)
+
+
+def _count(window: int, stored: bool, s1: Any, results: dict) -> None:
+    if not stored:
+        return
+    metrics.WINDOWS_SCORED.inc()
+    metrics.PEERS_EVALUATED.inc(len(results))
+    metrics.LAST_SCORED_WINDOW.set(window)
+    for rej in s1.rejected.values():
+        metrics.REJECTIONS.labels(reason=rej.reason).inc()
+    log.info("window %d scored: %d evaluated, %d rejected/missing", window, len(results), len(s1.rejected))
+
+
+def skip_window(ctx: ValidatorContext, window: int) -> WindowReport:
+    """Close a window too old to evaluate: empty aggregate (theta unchanged), no receipts."""
+    model = ensure_model(ctx, window)
+    seed = open_window_seed(ctx, window, model.hash)
+    published = publish_window(ctx, window, model, Stage1Result(), WindowOutcome())
+    with ctx.sessions() as s:
+        stored = repo.mark_window_scored(s, window=window, aggregate_hash=published.aggregate_hash,
+                                         random_seed_hex=seed.hex(), base_model_hash=model.hash,
+                                         stage_timings={"skipped": 1.0})
+    ctx.model = published.next_model
+    ctx.recent_hashes[published.next_model.hash] = window + 1
+    log.warning("window %d closed without evaluation (too far behind)", window)
+    return WindowReport(window, stored)
