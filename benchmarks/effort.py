@@ -136,12 +136,12 @@ def replay(result: dict, key: str, ind_key: str, mapping: str, windows: int | No
         for p in peers:
             bma[p] = update_bma(bma[p], by_w[w][p][ind_key], hp.scoring.indicator_alpha)
     scores = {}
-    floor = final.ordinal_floor(ratings.ordinal(rates[p]) for p in peers)
+    floor = min([0.0, *(ratings.ordinal(rates[p]) for p in peers)])
     for i, p in enumerate(peers):
         if mapping == "ordinal":  # the reference: max(0, ordinal)
             scores[i] = final.final_score(ratings.ordinal(rates[p]), bma[p], 1.0)
-        else:  # "floor": max(0, ordinal - min(0, lowest evaluated ordinal))
-            scores[i] = final.final_score(ratings.ordinal(rates[p]), bma[p], 1.0, floor)
+        else:  # "floor", tried and dropped (scoring/final.py): ordinals measured from the worst peer
+            scores[i] = final.final_score(ratings.ordinal(rates[p]) - floor, bma[p], 1.0)
     w = compute_weights(scores, WeightParams(top_n=32, power=1.0))
     return {p: round(w.get(i, 0.0), 3) for i, p in enumerate(peers)}
 

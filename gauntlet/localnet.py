@@ -70,7 +70,7 @@ def localnet_hparams(blocks_per_window: int, grace_s: float) -> Any:
 
     return HParams().override(**{
         "windows.blocks_per_window": blocks_per_window, "windows.upload_grace_s": grace_s,
-        "data.pages_per_window": 2, "data.eval_pages": 2, "inner.steps": 4, "inner.lr": 1e-3,
+        "data.pages_per_window": 2, "data.eval_pages": 4, "inner.steps": 4, "inner.lr": 1e-3,
         "outer.checkpoint_every": 5, "weights.set_every_windows": 1, "max_upload_bytes": 1 << 20,
         "scoring.sync_max_behind": 2,
     })

@@ -90,7 +90,7 @@ class ScoringParams(_Strict):
     )
     indicator_alpha: float = Field(0.05, gt=0, le=1, description="bma <- (1-a)*bma + a*indicator.")
     indicator_margin: float = Field(
-        0.10, ge=0,
+        0.05, ge=0,
         description="Assigned-data gain must beat random-data gain by this fraction (scoring.loss.indicator).",
     )
     openskill_beta: float = Field(7.0, gt=0)

@@ -1,25 +1,18 @@
 """Final score and penalties: one peer's state after one window.
 
-**Final score** (Gauntlet, arXiv 2505.21684, with one change):
-``max(0, ordinal - floor) · max(0, bma) · sync_score`` with
-``sync_score = (1 - min(steps_behind, 5) / 5) ^ 2.5`` (``sync_max_behind``,
-``sync_exponent``) and ``floor = min(0, lowest ordinal among the window's evaluated peers)``.
+**Final score** (Gauntlet, arXiv 2505.21684):
+``max(0, ordinal) · max(0, bma) · sync_score`` with
+``sync_score = (1 - min(steps_behind, 5) / 5) ^ 2.5`` (``sync_max_behind``, ``sync_exponent``).
 
-*Why the floor.* ``ordinal = mu - 3·sigma`` starts at 0 for a new peer; Plackett-Luce moves
-mu roughly zero-sum while sigma shrinks slowly, so in the first windows every peer ranked
-below the top one or two has a negative ordinal. The reference clamps those to 0, which
-made early weights all-or-nothing: measured (``benchmarks/effort.py``, RESULTS.md "Effort"),
-after 4 windows the weakest honest miner had weight 0 while being consistently better than
-the free-rider. Measuring the ordinal from the window's worst evaluated peer keeps the
-*order* of the ratings (a common shift) but pays every peer in proportion to how far its
-conservative skill is above the worst one; once all ordinals are positive the floor is 0
-and this is exactly the reference formula. The floor never rises above 0, so a peer is never
-paid less than under the reference.
-
-*Why this does not pay a baseline to sybils.* The worst evaluated peer always gets 0, and the
-shift only matters multiplied by ``max(0, bma)``: a peer whose assigned-data gain does not
-beat its random-data gain more often than not shows no proof of work and earns nothing,
-whatever its rank. Rejected uploads never reach this formula (penalties below).
+*Why no shift of the ordinal.* ``ordinal = mu - 3·sigma`` starts at 0 for a new peer and
+Plackett-Luce moves mu roughly zero-sum, so in the first windows a peer ranked in the bottom
+half has a negative ordinal and earns 0 even if it beats a free-rider (measured in
+``benchmarks/effort.py``, RESULTS.md "Effort"). Measuring ordinals from the window's worst
+evaluated peer instead was tried and dropped: it lets anyone move that zero point. A sybil
+that uploads a valid but useless delta every window drags the worst ordinal down and lifts
+every middling peer's share, the attacker's own included; the worst peer is attacker-chosen
+input, and nothing the attacker chooses may set the scale of pay. The early zeros are a
+transient: sigma shrinks with every window and consistently useful peers climb above 0.
 
 **Penalties** (reference constants, ``ScoringParams``):
 
@@ -38,7 +31,6 @@ record) and a negative ``bma`` is kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -53,7 +45,6 @@ __all__ = [
     "final_score",
     "full_reset",
     "is_banned",
-    "ordinal_floor",
     "sync_score",
 ]
 
@@ -67,19 +58,11 @@ def sync_score(steps_behind: int, max_behind: int, exponent: float) -> float:
     return (1 - min(steps_behind, max_behind) / max_behind) ** exponent
 
 
-def final_score(ordinal: float, bma: float, sync: float, floor: float = 0.0) -> float:
-    """``max(0, ordinal - min(0, floor)) · max(0, bma) · sync``; see the module docstring.
-
-    ``floor`` is the lowest ordinal among the window's evaluated peers (0 = the reference formula).
-    """
-    if not (math.isfinite(ordinal) and math.isfinite(bma) and math.isfinite(floor) and 0.0 <= sync <= 1.0):
-        raise ValueError(f"invalid final-score inputs: ordinal={ordinal}, bma={bma}, sync={sync}, floor={floor}")
-    return max(0.0, ordinal - min(0.0, floor)) * max(0.0, bma) * sync
-
-
-def ordinal_floor(ordinals: Iterable[float]) -> float:
-    """``min(0, lowest ordinal)`` of a window's evaluated peers: the zero of :func:`final_score`."""
-    return min([0.0, *ordinals])
+def final_score(ordinal: float, bma: float, sync: float) -> float:
+    """``max(0, ordinal) · max(0, bma) · sync``; see the module docstring."""
+    if not (math.isfinite(ordinal) and math.isfinite(bma) and 0.0 <= sync <= 1.0):
+        raise ValueError(f"invalid final-score inputs: ordinal={ordinal}, bma={bma}, sync={sync}")
+    return max(0.0, ordinal) * max(0.0, bma) * sync
 
 
 class Outcome(StrEnum):
@@ -113,7 +96,7 @@ class WindowOutcome:
     """One window's outcome for one peer. Build it with the class methods.
 
     ``reason`` carries the rejection for ``invalid`` and ``"copy"``/``"replay"`` for
-    ``copy``; ``rating``, ``bma``, ``sync`` and ``floor`` carry an evaluated peer's new measurements.
+    ``copy``; ``rating``, ``bma`` and ``sync`` carry an evaluated peer's new measurements.
     """
 
     kind: Outcome
@@ -122,11 +105,10 @@ class WindowOutcome:
     rating: Rating | None = None
     bma: float | None = None
     sync: float = 1.0
-    floor: float = 0.0  # ordinal_floor of the window's evaluated peers
 
     @classmethod
-    def evaluated(cls, window: int, rating: Rating, bma: float, sync: float, floor: float = 0.0) -> WindowOutcome:
-        return cls(Outcome.EVALUATED, window, rating=rating, bma=bma, sync=sync, floor=floor)
+    def evaluated(cls, window: int, rating: Rating, bma: float, sync: float) -> WindowOutcome:
+        return cls(Outcome.EVALUATED, window, rating=rating, bma=bma, sync=sync)
 
     @classmethod
     def missing(cls, window: int) -> WindowOutcome:
@@ -168,7 +150,7 @@ def full_reset(state: PeerState) -> PeerState:
 def _evaluated(state: PeerState, outcome: WindowOutcome) -> PeerState:
     if outcome.rating is None or outcome.bma is None:
         raise ValueError("an evaluated outcome needs the new rating and bma")
-    score = final_score(ordinal(outcome.rating), outcome.bma, outcome.sync, outcome.floor)
+    score = final_score(ordinal(outcome.rating), outcome.bma, outcome.sync)
     return replace(state, rating=outcome.rating, bma=outcome.bma, score=score, inactive_windows=0)
 
 

@@ -9,8 +9,8 @@ Per registered peer, exactly one of:
 * **evaluated** (passed both stages): contribution = relative improvement of the random
   loss; indicator = +1 if the assigned improvement beats the random one, else -1;
   bma <- (1-a) bma + a indicator; the OpenSkill (Plackett-Luce) update ranks all evaluated
-  peers of the window by contribution; final = max(0, ordinal - floor) x max(0, bma) x sync_score
-  with floor = min(0, lowest ordinal of the window's evaluated peers) (``scoring.final``).
+  peers of the window by contribution; final = max(0, ordinal) x max(0, bma) x sync_score
+  (``scoring.final``).
 * otherwise a ``scoring.final.WindowOutcome`` chosen from the stored reason (missing /
   timeout / storage unavailable -> missing; late / early -> late; out_of_sync; copy or
   replay -> copy; our own evaluation failure -> inactive; anything else -> invalid), and
@@ -143,7 +143,6 @@ def combine_window(
     evaluated, contributions, broken = _measure(stage1, results)
     new_ratings = ratings.update_ratings(
         {hk: ratings.Rating(prev[hk].mu, prev[hk].sigma) for hk in evaluated}, contributions, sp)
-    floor = fin.ordinal_floor(ratings.ordinal(new_ratings[hk]) for hk in evaluated)
     out = WindowOutcome(broken=broken)
     for hk, p in prev.items():
         state = fin.PeerState(ratings.Rating(p.mu, p.sigma), p.bma, p.score, p.inactive_windows, p.banned_until)
@@ -156,7 +155,7 @@ def combine_window(
                                  contributions[hk], sp.indicator_margin)
             sync = fin.sync_score(stage1.accepted[hk].steps_behind, sp.sync_max_behind, sp.sync_exponent)
             verdict = fin.WindowOutcome.evaluated(window, new_ratings[hk], loss.update_bma(p.bma, ind, sp.indicator_alpha),
-                                                  sync, floor)
+                                                  sync)
             status = "accepted"
         else:
             reason = rej.reason if rej is not None else (Rejection.NOT_FINITE.value if hk in broken else EVAL_FAILED)

@@ -13,7 +13,6 @@ from scoring.final import (
     final_score,
     full_reset,
     is_banned,
-    ordinal_floor,
     sync_score,
 )
 from scoring.ratings import Rating, default_rating
@@ -52,26 +51,11 @@ def test_final_score_hand_computed() -> None:
     assert final_score(0.0, 1.0, 1.0) == 0.0  # a newcomer earns nothing yet
 
 
-def test_final_score_measured_from_the_window_floor() -> None:
-    # floor = lowest evaluated ordinal (-5): ordinals are shifted by +5 before the clamp
-    assert final_score(-3.0, 0.5, 1.0, floor=-5.0) == pytest.approx(1.0)  # (-3 + 5) * 0.5
-    assert final_score(10.0, 0.5, 1.0, floor=-5.0) == pytest.approx(7.5)  # (10 + 5) * 0.5
-    assert final_score(-5.0, 0.5, 1.0, floor=-5.0) == 0.0  # the worst evaluated peer earns nothing
-    assert final_score(10.0, 0.5, 1.0, floor=2.0) == 5.0  # a positive floor is ignored: reference formula
-    assert final_score(-3.0, -0.1, 1.0, floor=-5.0) == 0.0  # no proof of work: still nothing
-
-
-def test_ordinal_floor() -> None:
-    assert ordinal_floor([3.0, -2.0, 1.0]) == -2.0
-    assert ordinal_floor([1.0, 2.0]) == 0.0  # never above 0
-    assert ordinal_floor([]) == 0.0
-
-
-def test_evaluated_outcome_uses_the_floor() -> None:
-    low = Rating(20.0, 7.0)  # ordinal 20 - 21 = -1
-    out = apply_penalties(PeerState(), WindowOutcome.evaluated(5, low, 0.1, 1.0, floor=-4.0), P)
-    assert out.score == pytest.approx(0.3)  # (-1 + 4) * 0.1 * 1
+def test_evaluated_outcome_scores_a_negative_ordinal_zero() -> None:
+    low = Rating(20.0, 7.0)  # ordinal 20 - 21 = -1: no shift by the window's worst peer
     assert apply_penalties(PeerState(), WindowOutcome.evaluated(5, low, 0.1, 1.0), P).score == 0.0
+    high = Rating(30.0, 7.0)  # ordinal 9
+    assert apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.1, 1.0), P).score == pytest.approx(0.9)
 
 
 @pytest.mark.parametrize(

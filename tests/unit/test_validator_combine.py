@@ -52,10 +52,9 @@ def test_two_evaluated_peers_and_every_penalty() -> None:
     assert a.mu == pytest.approx(27.2562, abs=1e-3) and b.mu == pytest.approx(22.7438, abs=1e-3)
     # sigma' = sigma * sqrt(1 - gamma sigma^2/c^2 p(1-p)), gamma = sigma/c -> 8.1669
     assert a.sigma == pytest.approx(8.1669, abs=1e-3)
-    # floor = b's ordinal 22.7438 - 3*8.1669 = -1.7569 (the window's worst evaluated peer):
-    # a: (27.2562 - 24.5007 + 1.7569) * 0.05 * 1 = 4.5124 * 0.05 = 0.2256 (in sync: sync = 1)
-    assert a.score == pytest.approx((a.mu - 3 * a.sigma - (b.mu - 3 * b.sigma)) * 0.05 * 1.0)
-    assert a.score == pytest.approx(0.2256, abs=1e-3)
+    # a: ordinal 27.2562 - 3*8.1669 = 2.7555; score 2.7555 * 0.05 * 1 = 0.1378 (in sync: sync = 1)
+    assert a.score == pytest.approx((a.mu - 3 * a.sigma) * 0.05 * 1.0)
+    assert a.score == pytest.approx(0.1378, abs=1e-3)
     assert b.sync == pytest.approx((1 - 1 / 5) ** 2.5)  # one window behind
     assert b.score == 0.0  # negative bma earns nothing
     assert out["c"].score == pytest.approx(1.5) and out["c"].status == "missing"  # x0.75
