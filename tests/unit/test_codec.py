@@ -225,6 +225,34 @@ def test_error_feedback_conserves_mass(case: tuple, beta: float) -> None:
     assert bool((residual[sent == 0] == accumulated[sent == 0]).all())
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_encoding_does_not_depend_on_the_thread_count(threads: int) -> None:
+    # Big enough that one tensor is split across threads (> 2 cache blocks of rows), plus
+    # small tensors that are spread over threads by encode/compress.
+    cfg = CodecConfig(4096, 64)
+    gen = torch.Generator().manual_seed(7)
+    state = {"big": torch.randn(3 * 1024 * 1024 + 17, generator=gen), "w": torch.randn(300, 70, generator=gen),
+             "b": torch.randn(5, generator=gen)}
+    configured = torch.get_num_threads()
+
+    def run(n: int) -> tuple[dict, dict]:
+        torch.set_num_threads(n)
+        try:
+            ef = ErrorFeedback()
+            ef.accumulate(state, 0.9)
+            return encode(state, cfg), {**ef.compress(cfg), **{f"res.{k}": v for k, v in ef.state_dict().items()}}
+        finally:
+            torch.set_num_threads(configured)
+
+    (enc1, ef1), (encn, efn) = run(1), run(threads)
+    assert torch.get_num_threads() == configured  # restored
+    for name in state:
+        for field in ("idx", "codes", "lut"):
+            assert torch.equal(getattr(enc1[name], field), getattr(encn[name], field))
+            assert torch.equal(getattr(ef1[name], field), getattr(efn[name], field))
+        assert torch.equal(ef1[f"res.{name}"], efn[f"res.{name}"])
+
+
 def test_error_feedback_state_round_trip() -> None:
     cfg = CodecConfig(64, 8)
     ef = ErrorFeedback()
