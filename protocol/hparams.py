@@ -53,7 +53,11 @@ class InnerParams(_Strict):
 class CodecParams(_Strict):
     chunk: int = Field(4096, ge=64, description="Elements per top-k chunk.")
     topk: int = Field(64, ge=1, description="Values kept per chunk (64/4096 = 1.5625% density).")
-    ef_beta: float = Field(0.95, ge=0, le=1, description="Error-feedback decay: e <- beta*e + delta.")
+    ef_beta: float = Field(
+        0.99, ge=0, le=1,
+        description="Error-feedback decay: e <- beta*e + delta. 0.99 was within 1% of tuned DiLoCo from 40 windows "
+        "on, 0.95 was not (benchmarks/RESULTS.md, Convergence).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CodecParams:
@@ -90,8 +94,9 @@ class ScoringParams(_Strict):
     )
     indicator_alpha: float = Field(0.05, gt=0, le=1, description="bma <- (1-a)*bma + a*indicator.")
     indicator_margin: float = Field(
-        0.05, ge=0,
-        description="Assigned-data gain must beat random-data gain by this fraction (scoring.loss.indicator).",
+        0.0, ge=0,
+        description="Assigned-data gain must beat random-data gain by this fraction of it (0: the reference's "
+        "plain comparison; see scoring.loss).",
     )
     openskill_beta: float = Field(7.0, gt=0)
     openskill_tau: float = Field(0.1, ge=0)

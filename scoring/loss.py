@@ -10,13 +10,13 @@ and on *random* pages the peer could not predict:
 * **indicator** = +1 if the relative improvement on assigned data beats the one on random
   data by a margin, else -1 (a tie is -1: a peer must *show* it trained on its pages). Its
   moving average ``bma ← (1 - alpha)·bma + alpha·indicator`` (alpha = 0.05) is the
-  proof-of-work term. A margin lowers the odds of a miner that trains on real but
-  *unassigned* pages: both page sets are unseen to it, so its ratio of assigned to random
-  gain is a coin around 1 (0.79-1.30 measured in localnet runs). It cannot be large: honest
-  ratios fall as the error-feedback buffer mixes older windows' pages into each upload
-  (1.8-1.9 in a run's first window, 1.07-1.33 by the fourth, four evaluation pages), so the
-  default is 5%. What keeps such a miner's pay near zero is mostly its rank, not this test
-  (open problem, RESULTS.md "Effort").
+  proof-of-work term. ``margin`` (default 0, the reference's plain comparison) can demand
+  more. It cannot demand much: honest ratios of assigned to random gain fall over a run as
+  error feedback mixes older windows' pages into each upload (about 2 in a localnet's first
+  scored window, 1.05-1.27 by the fourth to sixth, four evaluation pages), while a miner that
+  trains on real but *unassigned* pages sees a coin around 1 (0.79-1.49 measured). The test
+  therefore does not separate the two within a few windows; what keeps such a miner's pay near
+  zero there is its rank (RESULTS.md "Effort", open problem).
 
 ``first_order_estimate`` is the cheap screen from the notes: one backward pass gives the
 gradient g of the evaluation loss, and applying ``θ ← θ - η·Δ`` changes the loss by about

@@ -19,7 +19,8 @@ def test_packaged_hparams_match_defaults() -> None:
 
 def test_defaults_unchanged() -> None:
     hp = HParams()
-    assert (hp.codec.chunk, hp.codec.topk, hp.codec.ef_beta) == (4096, 64, 0.95)
+    assert (hp.codec.chunk, hp.codec.topk) == (4096, 64)
+    assert hp.codec.ef_beta == 0.99  # RESULTS.md "Convergence": within 1% of DiLoCo from 40 windows
     assert (hp.scoring.openskill_beta, hp.scoring.openskill_tau) == (7.0, 0.1)
     assert hp.windows.blocks_per_window == 125
     # The outer step and the evaluation step measured in benchmarks/RESULTS.md.

@@ -40,9 +40,9 @@ def test_indicator() -> None:
 
 
 def test_indicator_margin() -> None:
-    # 5% margin (the default): assigned must exceed random by more than 0.05 * |random|.
-    assert indicator(0.0107, 0.0100, margin=0.05) == 1  # ratio 1.07: the weakest honest window measured
-    assert indicator(0.0104, 0.0100, margin=0.05) == -1  # ratio 1.04: a coin-flip wrong-pages window
+    # 5% margin: assigned must exceed random by more than 0.05 * |random|.
+    assert indicator(0.0107, 0.0100, margin=0.05) == 1  # ratio 1.07
+    assert indicator(0.0104, 0.0100, margin=0.05) == -1  # ratio 1.04
     assert indicator(0.625, 0.5, margin=0.25) == -1  # exactly on the margin (0.125 = 0.25 * 0.5) is not enough
     assert indicator(-0.015, -0.02, margin=0.15) == 1  # 0.005 > 0.15 * |-0.02| = 0.003
     assert indicator(0.0, 0.0, margin=0.15) == -1  # a delta that changes nothing shows no work
