@@ -339,6 +339,14 @@ def _map_threads(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         torch.set_num_threads(configured)
 
 
+def _map_tensors(fn: Callable[[str], R], tensors: Mapping[str, Tensor]) -> dict[str, R]:
+    """``{name: fn(name)}``, in parallel when every tensor is on the CPU (a GPU gains nothing from threads)."""
+    names = list(tensors)
+    if any(tensors[n].device.type != "cpu" for n in names):
+        return {n: fn(n) for n in names}
+    return dict(zip(names, _map_threads(fn, names), strict=True))
+
+
 def _select_block(rows: Tensor, k: int, offsets: Tensor, values: Tensor) -> None:
     """CPU top-k of ``rows`` [r, chunk] into ``offsets``/``values`` [r, k], one cache-sized block at a time."""
     r, chunk = rows.shape
@@ -360,10 +368,10 @@ def _select_rows(rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return offsets, rows.gather(1, offsets).to(torch.float32)
     offsets = torch.empty(r, k, dtype=torch.int64)
     values = torch.empty(r, k, dtype=torch.float32)
-    threads = min(torch.get_num_threads(), r * chunk // _CPU_BLOCK_ELEMS)
-    bounds = [r * i // max(threads, 1) for i in range(max(threads, 1) + 1)]
+    threads = max(1, min(torch.get_num_threads(), r * chunk // _CPU_BLOCK_ELEMS))
+    bounds = [r * i // threads for i in range(threads + 1)]
     _map_threads(lambda i: _select_block(rows[bounds[i]:bounds[i + 1]], k, offsets[bounds[i]:bounds[i + 1]],
-                                         values[bounds[i]:bounds[i + 1]]), range(len(bounds) - 1))
+                                         values[bounds[i]:bounds[i + 1]]), range(threads))
     return offsets, values
 
 
@@ -449,10 +457,7 @@ def encode_tensor(x: Tensor, cfg: CodecConfig) -> EncodedTensor:
 
 def encode(state: Mapping[str, Tensor], cfg: CodecConfig) -> dict[str, EncodedTensor]:
     """Encode every tensor; CPU tensors are encoded in parallel (see :func:`_map_threads`)."""
-    names = list(state)
-    if any(state[n].device.type != "cpu" for n in names):
-        return {name: encode_tensor(state[name], cfg) for name in names}
-    return dict(zip(names, _map_threads(lambda n: encode_tensor(state[n], cfg), names), strict=True))
+    return _map_tensors(lambda n: encode_tensor(state[n], cfg), state)
 
 
 def _decode_offsets(idx: Tensor, cfg: CodecConfig) -> Tensor:
@@ -552,10 +557,7 @@ class ErrorFeedback:
 
     def compress(self, cfg: CodecConfig) -> dict[str, EncodedTensor]:
         """Encode every buffer and subtract exactly what the receiver will decode."""
-        names = list(self.buffers)
-        if any(self.buffers[n].device.type != "cpu" for n in names):
-            return {name: self._compress_one(name, cfg) for name in names}
-        return dict(zip(names, _map_threads(lambda n: self._compress_one(n, cfg), names), strict=True))
+        return _map_tensors(lambda n: self._compress_one(n, cfg), self.buffers)
 
     def _compress_one(self, name: str, cfg: CodecConfig) -> EncodedTensor:
         buf = self.buffers[name]
