@@ -155,6 +155,15 @@ def steps_behind(base_hash: str, *, window: int, recent_hashes: Mapping[str, int
     return None if base_window is None or base_window > window else window - base_window
 
 
+def _wire_rejection(reason: str) -> Rejection:
+    """The Stage-1 reason for a wire parser's reason code (the code itself is kept as the detail)."""
+    if "signature" in reason:
+        return Rejection.BAD_SIGNATURE
+    if reason.endswith("not_finite"):  # NaN/Inf in a value table: say so, not just "malformed"
+        return Rejection.NOT_FINITE
+    return Rejection.MALFORMED
+
+
 def _parse_one(
     peer: Collected, *, window: int, hp: HParams, shapes: Mapping[str, tuple[int, ...]], cfg: object,
     recent_hashes: Mapping[str, int],
@@ -166,9 +175,8 @@ def _parse_one(
     try:
         parsed = parse_delta(peer.data, expected_shapes=shapes, cfg=cfg, max_bytes=hp.max_upload_bytes)
     except WireError as exc:
-        bad_sig = "signature" in str(getattr(exc, "reason", ""))
-        base.reason = (Rejection.BAD_SIGNATURE if bad_sig else Rejection.MALFORMED).value
-        base.detail = f"{getattr(exc, 'reason', '')}: {getattr(exc, 'detail', '')}"[:500]
+        base.reason = _wire_rejection(exc.reason).value
+        base.detail = f"{exc.reason}: {exc.detail}"[:500]
         return base
     base.payload_hash = parsed.payload_hash
     problem = _check_meta(parsed.meta, window=window, hotkey=peer.hotkey, hp=hp)

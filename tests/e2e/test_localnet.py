@@ -95,7 +95,7 @@ def test_adversaries_are_not_paid(tmp_path: Path) -> None:
     expected = {"copycat": {"copy", "banned"}, "copycat-noise": {"copy", "banned"}, "sybil-a": {"copy", "banned"},
                 "sybil-b": {"copy", "banned"}, "replay": {"replay", "banned", "missing"},
                 "free-rider-zero": {"norm_too_small"}, "malformed": {"malformed"}, "oversized": {"too_large"},
-                "forged": {"bad_signature"}, "nan": {"not_finite", "malformed"}, "late": {"late", "missing"},
+                "forged": {"bad_signature"}, "nan": {"not_finite"}, "late": {"late", "missing"},
                 "poisoner": {"norm_too_large", None}, "stale": {"out_of_sync"},
                 "wrong-pages": {None}, "free-rider-noise": {None}}
     for name, reasons in expected.items():

@@ -95,3 +95,30 @@ def test_banned_and_uncollected_peers_get_their_reason() -> None:
     res = run_stage1(collected, window=3, hp=HP, shapes={}, cfg=None, recent_hashes={}, banned=["b"])
     assert {hk: r.reason for hk, r in res.rejected.items()} == {"b": "banned", "m": "missing", "l": "late"}
     assert not res.accepted
+
+
+def test_wire_rejections_keep_their_meaning() -> None:
+    from bittensor.sp_core import Keypair
+
+    from miner.adversaries import poison_tables
+    from protocol.codec import CodecConfig, encode
+    from protocol.wire import DeltaMeta, pack_delta
+    from validator.stage1 import _parse_one
+
+    cfg, shapes = CodecConfig(chunk=256, topk=6), {"w": (24, 40), "b": (40,)}
+    alice, bob = Keypair.create_from_uri("//Alice"), Keypair.create_from_uri("//Bob")
+    meta = DeltaMeta(window=7, hotkey=alice.ss58_address, base_model_hash="ab" * 32, spec_version=HP.spec_version)
+    g = torch.Generator().manual_seed(0)
+    good = pack_delta(encode({n: torch.randn(s, generator=g) for n, s in shapes.items()}, cfg), meta, cfg, alice)
+
+    def parse(blob: bytes) -> object:
+        peer = Collected(alice.ss58_address, 1, "file://x", data=blob, uploaded_at=1.0, size=len(blob))
+        return _parse_one(peer, window=7, hp=HP, shapes=shapes, cfg=cfg, recent_hashes={"ab" * 32: 7})
+
+    assert isinstance(parse(good), Candidate)
+    for value in (float("nan"), float("inf")):
+        rejected = parse(poison_tables(good, alice, value))
+        assert (rejected.reason, rejected.detail.split(":")[0]) == (Rejection.NOT_FINITE.value, "lut_not_finite")
+    assert parse(poison_tables(good, bob, 1.0)).reason == Rejection.BAD_SIGNATURE.value  # signed by someone else
+    truncated = parse(good[: len(good) // 2])
+    assert truncated.reason == Rejection.MALFORMED.value and truncated.detail
