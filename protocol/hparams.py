@@ -55,8 +55,8 @@ class CodecParams(_Strict):
     topk: int = Field(64, ge=1, description="Values kept per chunk (64/4096 = 1.5625% density).")
     ef_beta: float = Field(
         0.99, ge=0, le=1,
-        description="Error-feedback decay: e <- beta*e + delta. 0.99 was within 1% of tuned DiLoCo from 40 windows "
-        "on, 0.95 was not (benchmarks/RESULTS.md, Convergence).",
+        description="Error-feedback decay: e <- beta*e + delta. 0.99 stayed within 1% of tuned DiLoCo from 40 to 60 "
+        "windows, 0.95 was 1.9% behind at 60 (benchmarks/RESULTS.md, Convergence).",
     )
 
     @model_validator(mode="after")
