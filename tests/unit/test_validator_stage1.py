@@ -1,4 +1,4 @@
-"""Stage 1 filters that need no wire payload: sync distance, metadata, norms, copies, replays, bans.
+"""Stage 1 filters: sync distance, metadata, norms, copies, replays, bans, and how wire rejections are named.
 
 Run: ``pytest tests/unit/test_validator_stage1.py -q``
 """
