@@ -26,7 +26,6 @@ def run(
     register: bool = typer.Option(False, "--register", help="Register the hotkey first (local chain)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (under torchrun: one GPU per rank)."),
     windows: int | None = typer.Option(None, "--windows", help="Stop after N windows (default: forever)."),
-    follow_validator: str | None = typer.Option(None, "--follow-validator", help="Validator hotkey to follow."),
     metrics_port: int | None = typer.Option(None, "--metrics-port"),
     state_dir: Path | None = typer.Option(None, "--state-dir", help="Default: <home>/miner/<hotkey>."),
     mode: str = typer.Option("honest", "--mode", help="honest, or an adversarial mode (miner.adversaries)."),
@@ -41,7 +40,7 @@ def run(
 
     try:
         miner, info = _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, netuid, register,
-                             device, windows, follow_validator, metrics_port, state_dir, mode, target, inner_steps)
+                             device, windows, metrics_port, state_dir, mode, target, inner_steps)
     except MinerSetupError as exc:
         typer.echo(f"gauntlet miner: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -54,7 +53,7 @@ def run(
 
 
 def _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, netuid, register,
-           device, windows, follow_validator, metrics_port, state_dir, mode="honest", target=None, inner_steps=None):
+           device, windows, metrics_port, state_dir, mode="honest", target=None, inner_steps=None):
     import logging
 
     from miner import distributed as mdist
@@ -102,7 +101,6 @@ def _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, ne
     pages = default_store(settings.home, hp.data)
     options = MinerOptions(
         netuid=settings.netuid, storage_url=settings.storage_url, device=device, max_windows=windows,
-        follow_validator=follow_validator,
         state_dir=state_dir or settings.home / "miner" / keypair.ss58_address,
     )
     try:

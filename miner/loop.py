@@ -31,10 +31,10 @@ from chain.base import Chain
 from miner import distributed as mdist
 from miner.compress import Compressor
 from miner.metrics import MinerMetrics, ProgressLine
-from miner.setup import Publisher, choose_publisher, connect_storage
 from miner.state import MinerState, Progress
 from miner.train import inner_train, iter_batches, load_state, make_optimizer, pseudo_gradient, rank_slice
-from protocol.global_model import GlobalModel, OutOfSync, sync_global_model
+from protocol.follow import Follower, store_opener
+from protocol.global_model import GlobalModel, OutOfSync
 from protocol.hparams import HParams
 from protocol.model import build_model, preset
 from protocol.pages import PageStore, assigned_pages, derive_seed
@@ -53,7 +53,6 @@ class MinerOptions:
     storage_url: str  # where this miner uploads; committed on chain
     state_dir: Path
     device: str = "cpu"
-    follow_validator: str | None = None
     max_windows: int | None = None  # stop after this many windows (trained or skipped)
     wait_fraction: float = 0.6  # give up on θ_W this far into the window (bounded by the deadline)
     poll_s: float = 1.0
@@ -75,8 +74,8 @@ class Miner:
         self.progress = Progress(hotkey=self.hotkey)
         self.compressor = Compressor(hp)
         self.global_model: GlobalModel | None = None
-        self.publisher: Publisher | None = None
-        self._pub_storage: Storage | None = None
+        self.follower = (Follower(hp, chain, options.netuid, open_store=store_opener(allow_local=True))
+                         if chain is not None else None)
         self._train_estimate_s = 0.0
         self.device = torch.device(options.device if not options.device.startswith("cuda") or not self.dist.enabled
                                    else f"cuda:{self.dist.local_rank}")
@@ -189,25 +188,15 @@ class Miner:
         return True
 
     def await_global_model(self, window: int) -> bool:
-        """Advance the held global model towards θ_W; True once it is there."""
-        self.refresh_publisher()
+        """Advance the held global model towards θ_W (``protocol.follow``); True once it is there."""
         current = self.global_model
         if current is not None and current.window > window:
             current = None  # a stale future model (clock skew); restart from checkpoints
-        self.global_model = sync_global_model(
-            current, window, hp=self.hp, storage=self._pub_storage, publisher=self.publisher.hotkey,
-            max_bytes=max(self.hp.max_upload_bytes, 8 << 30))
+        before = current.publisher if current is not None else None
+        self.global_model = self.follower.advance(current, window)
+        if self.global_model.publisher != before and self.global_model.publisher is not None:
+            log.info("following validator %s", self.global_model.publisher)
         return self.global_model.window == window
-
-    def refresh_publisher(self) -> None:
-        if self.chain is None:
-            return
-        pub = choose_publisher(self.chain.metagraph(self.opt.netuid), self.chain.commitments(self.opt.netuid),
-                               follow=self.opt.follow_validator, fallback_url=self.opt.storage_url)
-        if pub != self.publisher:
-            log.info("following validator %s (store %s)", pub.hotkey, pub.storage_url)
-            self.publisher = pub
-            self._pub_storage = self.storage if pub.storage_url == self.opt.storage_url else connect_storage(pub.storage_url)
 
     # ------------------------------------------------------------------ the delta (overridable steps)
 
@@ -287,9 +276,9 @@ class Miner:
         if self.dist.is_main:
             self.progress, ef, opt_state = self.state.load()
             self.compressor.load_ef(ef)
-            self.global_model = GlobalModel.initial(self.hp)
-            log.info("initial global model %s (preset %s, seed %d)", self.global_model.hash[:16], self.hp.model,
-                     self.hp.model_seed)
+            self.global_model = None  # reached from the validators' checkpoints and aggregates
+            log.info("initial global model %s (preset %s, seed %d)", GlobalModel.initial(self.hp).hash[:16],
+                     self.hp.model, self.hp.model_seed)
             if self.progress.pending_window is not None:
                 self._resolve_pending()
         opt_state = mdist.broadcast_tree(opt_state, self.dist)

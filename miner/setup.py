@@ -1,4 +1,4 @@
-"""Miner start-up: wallet, chain, storage, registration, commitment, and whom to follow.
+"""Miner start-up: wallet, chain, storage, registration and commitment (whom to follow: ``protocol.follow``).
 
 Each step fails with a :class:`MinerSetupError` whose message says what is wrong and how to
 fix it (wrong wallet, unreachable chain or storage, not registered), so an operator never
@@ -8,10 +8,9 @@ has to read a traceback to get a miner running.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from chain.base import Chain, ChainError, Metagraph
+from chain.base import Chain, ChainError
 from protocol.storage import ObjectNotFound, Storage, StorageError, open_storage
 
 log = logging.getLogger(__name__)
@@ -84,30 +83,3 @@ def publish_commitment(chain: Chain, keypair: Any, netuid: int, storage_url: str
             log.info("committed storage URL %s", storage_url)
     except ChainError as exc:
         raise MinerSetupError(f"could not publish the storage commitment: {exc}") from None
-
-
-@dataclass(frozen=True)
-class Publisher:
-    """The validator whose aggregates and checkpoints this miner follows."""
-
-    hotkey: str | None  # None: accept any signer (only when nothing is committed, e.g. a bare localnet)
-    storage_url: str
-
-
-def choose_publisher(metagraph: Metagraph, commitments: dict[str, str], *, follow: str | None,
-                     fallback_url: str) -> Publisher:
-    """The followed validator: ``follow`` if given, else the highest-stake permit holder with a commitment."""
-    if follow is not None:
-        url = commitments.get(follow)
-        if url is None:
-            raise MinerSetupError(f"validator {follow} has no storage commitment on the subnet")
-        return Publisher(follow, url)
-    candidates = [
-        (metagraph.stakes[i], hk) for i, hk in enumerate(metagraph.hotkeys)
-        if metagraph.validator_permit[i] and commitments.get(hk)
-    ]
-    if not candidates:
-        log.warning("no validator with a permit has committed a storage URL; reading %s unpinned", fallback_url)
-        return Publisher(None, fallback_url)
-    _stake, hotkey = max(candidates)
-    return Publisher(hotkey, commitments[hotkey])

@@ -1,10 +1,11 @@
 """The global model every node holds: theta_W, its hash, and how to reach the next window's.
 
-The validator that a subnet follows publishes, for every scored window W, the aggregate
-that turns theta_W into theta_{W+1} (possibly empty), and every ``checkpoint_every``
-windows a full checkpoint. A node reaches theta_W by loading the newest checkpoint at or
-before W and replaying the aggregates after it, checking the chain of model hashes at
-every step: a node can be behind, never silently different.
+Every validator keeps, in its own store, the history of the aggregates every node applied
+(``aggregate_key(W)``, the bytes as their publisher signed them: see ``protocol.follow``
+for who that is) and every ``checkpoint_every`` windows a full checkpoint it signs itself.
+A node reaches theta_W by loading a checkpoint at or before W and replaying the aggregates
+after it, checking the chain of model hashes at every step: a node can be behind, never
+silently different.
 
 The master copy is fp32 on the CPU; trainers copy it to their device. Hashing and the
 outer step stay on the CPU so that every node computes the same bits.
@@ -40,12 +41,17 @@ class OutOfSync(RuntimeError):
 
 @dataclass
 class GlobalModel:
-    """theta at the start of ``window``; ``state`` maps parameter names to fp32 CPU tensors."""
+    """theta at the start of ``window``; ``state`` maps parameter names to fp32 CPU tensors.
+
+    ``publisher`` is the validator whose aggregate of ``window`` every node takes unless it
+    fails over (the signer of the aggregate that led here; None at genesis or after a null window).
+    """
 
     config: ModelConfig
     window: int
     state: dict[str, torch.Tensor]
     hash: str
+    publisher: str | None = None
 
     @classmethod
     def initial(cls, hp: HParams, window: int = 0) -> GlobalModel:
@@ -60,23 +66,30 @@ class GlobalModel:
         return param_shapes(self.config)
 
     def copy(self) -> GlobalModel:
-        return GlobalModel(self.config, self.window, {k: v.clone() for k, v in self.state.items()}, self.hash)
+        return GlobalModel(self.config, self.window, {k: v.clone() for k, v in self.state.items()}, self.hash,
+                           self.publisher)
 
-    def step(self, data: bytes, *, max_bytes: int, publisher: str | None) -> AggregateMeta:
-        """Apply the published aggregate of ``self.window`` and move to the next window."""
+    def step(self, data: bytes, *, max_bytes: int, publisher: str | None = None) -> AggregateMeta:
+        """Apply the aggregate of ``self.window`` and move to the next window (``publisher`` pins its signer)."""
         meta, update = parse_aggregate(data, shapes=self.shapes, max_bytes=max_bytes, publisher=publisher)
         if meta.window != self.window or meta.base_model_hash != self.hash:
             raise OutOfSync(f"aggregate for window {meta.window} does not extend window {self.window} ({self.hash[:12]})")
+        # Keep the touched coordinates: a result that does not match its claim leaves theta as it was.
+        saved = {name: self.state[name].view(-1)[idx].clone() for name, (idx, _v) in update.items()}
         apply_update(self.state, update)
         new_hash = model_hash(self.state)
         if new_hash != meta.result_model_hash:
+            for name, (idx, _v) in update.items():
+                self.state[name].view(-1).index_put_((idx,), saved[name])
             raise OutOfSync(f"aggregate {meta.window} gave {new_hash[:12]}, publisher claims {meta.result_model_hash[:12]}")
         self.window, self.hash = meta.window + 1, new_hash
+        self.publisher = None if meta.null else meta.validator
         return meta
 
 
 def checkpoint_bytes(model: GlobalModel, *, validator_hotkey: str, spec_version: int, keypair) -> bytes:
-    meta = CheckpointMeta(window=model.window, model_hash=model.hash, validator=validator_hotkey, spec_version=spec_version)
+    meta = CheckpointMeta(window=model.window, model_hash=model.hash, validator=validator_hotkey,
+                          spec_version=spec_version, publisher=model.publisher)
     return pack_checkpoint(model.state, meta, keypair)
 
 
@@ -95,43 +108,46 @@ def sync_global_model(
     *,
     hp: HParams,
     storage: Storage,
-    publisher: str | None,
+    owner: str | None,
     max_bytes: int = 8 << 30,
     on_step: Callable[[int], None] | None = None,
 ) -> GlobalModel:
-    """Advance (or restore) the global model to ``target_window`` from published files.
+    """Advance (or restore) the global model to ``target_window`` from one validator's history.
 
-    Returns the model as far as the published history reaches; the caller compares
-    ``result.window`` with what it needs and waits or retries.
+    ``owner`` is the validator whose store this is: its checkpoints must carry its signature;
+    the aggregates may be signed by whoever published them, the hash chain vouches for them.
+    Returns the model as far as the history reaches; the caller compares ``result.window``
+    with what it needs and waits or retries.
     """
     model = current
     if model is None or model.window > target_window:
-        model = _from_checkpoint(hp, storage, publisher, target_window, max_bytes)
+        model = load_checkpoint(hp, storage, owner, target_window, max_bytes)
     while model.window < target_window:
         try:
             data = storage.get(aggregate_key(model.window), max_bytes=max_bytes)
         except ObjectNotFound:
             ckpt = latest_checkpoint_window(storage, target_window)
             if ckpt is not None and ckpt > model.window:
-                model = _from_checkpoint(hp, storage, publisher, target_window, max_bytes)
+                model = load_checkpoint(hp, storage, owner, target_window, max_bytes)
                 continue
             break  # not published yet
         try:
-            model.step(data, max_bytes=max_bytes, publisher=publisher)
+            model.step(data, max_bytes=max_bytes)
         except (SyncError, OutOfSync) as exc:
             log.warning("cannot apply aggregate %d: %s; trying a checkpoint", model.window, exc)
             ckpt = latest_checkpoint_window(storage, target_window)
             if ckpt is None or ckpt <= model.window:
                 raise OutOfSync(f"aggregate {model.window} unusable and no newer checkpoint: {exc}") from exc
-            model = _from_checkpoint(hp, storage, publisher, target_window, max_bytes)
+            model = load_checkpoint(hp, storage, owner, target_window, max_bytes)
         if on_step:
             on_step(model.window)
     return model
 
 
-def _from_checkpoint(
-    hp: HParams, storage: Storage, publisher: str | None, target_window: int, max_bytes: int
+def load_checkpoint(
+    hp: HParams, storage: Storage, owner: str | None, target_window: int, max_bytes: int = 8 << 30
 ) -> GlobalModel:
+    """The newest checkpoint at or before ``target_window`` in ``storage``, signed by ``owner``."""
     window = latest_checkpoint_window(storage, target_window)
     if window is None:
         raise OutOfSync(f"no checkpoint at or before window {target_window} has been published yet")
@@ -140,8 +156,8 @@ def _from_checkpoint(
     except StorageError as exc:
         raise OutOfSync(f"checkpoint {window} unreadable: {exc}") from exc
     config = preset(hp.model)
-    meta, state = parse_checkpoint(data, shapes=param_shapes(config), max_bytes=max_bytes, publisher=publisher)
+    meta, state = parse_checkpoint(data, shapes=param_shapes(config), max_bytes=max_bytes, publisher=owner)
     digest = model_hash(state)
     if digest != meta.model_hash or meta.window != window:
         raise OutOfSync(f"checkpoint {window} hash {digest[:12]} does not match its claim {meta.model_hash[:12]}")
-    return GlobalModel(config=config, window=window, state=state, hash=digest)
+    return GlobalModel(config=config, window=window, state=state, hash=digest, publisher=meta.publisher)

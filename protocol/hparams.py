@@ -30,6 +30,12 @@ class WindowParams(_Strict):
     blocks_per_window: int = Field(125, ge=1, description="Chain blocks per window (125 x 12 s = 25 min).")
     upload_grace_s: float = Field(70.0, gt=0, description="Uploads count if the store's timestamp is at most this long after the window ends.")
     genesis_block: int = Field(0, ge=0, description="Block at which window 0 starts.")
+    publish_timeout_s: float = Field(
+        600.0, gt=0,
+        description="The followed validator's aggregate of window W counts only if stored at most this long after "
+        "W's upload grace ends; past it every node fails over to the next validator (protocol.follow). Must exceed "
+        "a validator's scoring time and stay below a window.",
+    )
 
 
 class DataParams(_Strict):

@@ -226,8 +226,13 @@ def delta_key(window: int, hotkey: str) -> str:
 
 
 def aggregate_key(window: int) -> str:
-    """Key of the validator's aggregated outer update for ``window``."""
+    """Key of the outer update that defines theta_{window+1}: the one every node applied (a mirror)."""
     return f"aggregates/{_check_window(window):010d}.gagg"
+
+
+def proposal_key(window: int) -> str:
+    """Key of a validator's own proposed outer update for ``window`` (``protocol.follow`` picks one)."""
+    return f"proposals/{_check_window(window):010d}.gagg"
 
 
 def checkpoint_key(window: int) -> str:

@@ -56,6 +56,9 @@ class AggregateMeta:
     validator: str  # SS58 hotkey of the publisher
     spec_version: int
     peers: list[str] = field(default_factory=list)  # hotkeys aggregated, best first
+    # True when no validator's proposal for ``window`` was on time (protocol.follow): theta is
+    # unchanged and the next window's publisher is chosen afresh from the ranking.
+    null: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class CheckpointMeta:
     model_hash: str
     validator: str
     spec_version: int
+    # Who publishes the aggregate of ``window`` unless it fails over (the signer of the last
+    # applied aggregate; None after a null window): lets a node that starts here follow on.
+    publisher: str | None = None
 
 
 # ------------------------------------------------------------------ the update itself
@@ -85,10 +91,6 @@ def apply_update(state: Mapping[str, torch.Tensor], update: SparseUpdate) -> Non
     for name, (idx, values) in update.items():
         flat = state[name].view(-1)
         flat.index_put_((idx.to(flat.device),), flat[idx.to(flat.device)] - values.to(flat.device, flat.dtype))
-
-
-def update_nbytes(update: SparseUpdate) -> int:
-    return sum(i.numel() * i.element_size() + v.numel() * v.element_size() for i, v in update.values())
 
 
 # ------------------------------------------------------------------ envelope
@@ -167,9 +169,10 @@ def pack_aggregate(update: SparseUpdate, meta: AggregateMeta, keypair) -> bytes:
 def parse_aggregate(
     data: bytes, *, shapes: Mapping[str, tuple[int, ...]], max_bytes: int, publisher: str | None = None
 ) -> tuple[AggregateMeta, SparseUpdate]:
-    """Verify and decode an aggregate; ``publisher`` pins the validator hotkey the node follows."""
+    """Verify and decode an aggregate; ``publisher``, if given, pins the hotkey that must have signed it."""
     payload, raw = _open(data, AGGREGATE_MAGIC, _AGG_DOMAIN, max_bytes)
-    raw = _meta_fields(raw, ("window", "base_model_hash", "result_model_hash", "validator", "spec_version", "peers"))
+    raw = _meta_fields(raw, ("window", "base_model_hash", "result_model_hash", "validator", "spec_version", "peers",
+                             "null"))
     try:
         meta = AggregateMeta(**{k: json.loads(raw[k]) for k in AggregateMeta.__dataclass_fields__})
     except (ValueError, TypeError) as exc:
@@ -214,7 +217,7 @@ def parse_checkpoint(
 ) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
     """Verify and decode a checkpoint; the caller re-hashes the weights against ``meta.model_hash``."""
     payload, raw = _open(data, CHECKPOINT_MAGIC, _CKPT_DOMAIN, max_bytes)
-    raw = _meta_fields(raw, ("window", "model_hash", "validator", "spec_version"))
+    raw = _meta_fields(raw, ("window", "model_hash", "validator", "spec_version", "publisher"))
     try:
         meta = CheckpointMeta(**{k: json.loads(raw[k]) for k in CheckpointMeta.__dataclass_fields__})
     except (ValueError, TypeError) as exc:

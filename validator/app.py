@@ -2,7 +2,8 @@
 
 The startup sequence (like the FastAPI template's prestart): migrate the database, store
 the resolved configuration as a ``run_config`` row, load the hotkey, commit this
-validator's storage URL on chain (miners follow it for checkpoints and aggregates),
+validator's role and storage URL on chain (``validator:<url>``: every node reads its
+proposals and history there, and no validator scores it as a miner),
 connect Redis if configured (degraded without it), and build the
 :class:`validator.window.ValidatorContext`. Nothing here scores anything.
 """
@@ -16,6 +17,8 @@ from typing import Any
 
 from chain.base import Chain, ChainError, open_chain
 from chain.wallets import load_hotkey
+from protocol.follow import Decision, Follower, OwnStore, store_opener, validator_commitment
+from protocol.global_model import GlobalModel
 from protocol.hparams import HParams, load_hparams
 from protocol.settings import Settings
 from protocol.storage import open_storage
@@ -81,8 +84,10 @@ def build_context(settings: Settings, hp: HParams | None = None, *, options: Run
         repo.record_run_config(s, config={"settings": settings.model_dump(mode="json"), "hparams": hp.model_dump(
             mode="json"), "options": options.__dict__}, hotkey=keypair.ss58_address)
     if options.commit_storage_url:
+        commitment = validator_commitment(settings.storage_url)
         try:
-            chain.commit(keypair, settings.netuid, settings.storage_url)
+            if chain.commitments(settings.netuid).get(keypair.ss58_address) != commitment:
+                chain.commit(keypair, settings.netuid, commitment)
         except ChainError as exc:
             log.warning("could not commit the storage URL on chain: %s", exc)
     pages = pages if pages is not None else default_store(settings.home, hp.data)
@@ -92,8 +97,13 @@ def build_context(settings: Settings, hp: HParams | None = None, *, options: Run
         from validator.worker import QueueDispatcher
 
         dispatcher = QueueDispatcher(queue)
+    own_storage = open_storage(settings.storage_url)
+    follower = Follower(hp, chain, settings.netuid,
+                        open_store=store_opener(allow_local=options.allow_local_storage),
+                        own=OwnStore(keypair.ss58_address, own_storage, keypair),
+                        on_decision=decision_recorder(sessions))
     return ValidatorContext(
-        hp=hp, chain=chain, netuid=settings.netuid, keypair=keypair, own_storage=open_storage(settings.storage_url),
+        hp=hp, chain=chain, netuid=settings.netuid, keypair=keypair, own_storage=own_storage, follower=follower,
         sessions=sessions, codec_cfg=CodecConfig.from_params(hp.codec),
         stage2=Stage2Runner(pages, dispatcher=dispatcher, remote_timeout_s=options.remote_timeout_s,
                             num_pages=pages.num_pages),
@@ -101,6 +111,17 @@ def build_context(settings: Settings, hp: HParams | None = None, *, options: Run
         is_leader=leader_check(lease, f"{keypair.ss58_address}:{os.getpid()}"),
         history=SketchHistory(hp.scoring.copy_history_windows),
     )
+
+
+def decision_recorder(sessions: Any) -> Any:
+    """Store each window's applied aggregate (publisher, theta_{W+1} hash) in the validator's DB."""
+
+    def record(window: int, decision: Decision, model: GlobalModel) -> None:
+        with sessions() as s:
+            repo.record_decision(s, window=window, publisher=decision.publisher if decision.kind == "chosen" else None,
+                                 next_model_hash=model.hash)
+
+    return record
 
 
 def build_worker(settings: Settings, *, validator_hotkey: str, allow_local_storage: bool,

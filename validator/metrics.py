@@ -15,6 +15,8 @@ from time import perf_counter
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from protocol.follow import FollowStatus
+
 log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -37,6 +39,25 @@ STAGE_SECONDS = Histogram(
 )
 LAST_SCORED_WINDOW = Gauge("gauntlet_last_scored_window", "Highest window scored.", registry=REGISTRY)
 DEGRADED = Gauge("gauntlet_queue_degraded", "1 while Redis is unreachable and Stage 2 runs in-process.", registry=REGISTRY)
+
+FOLLOW_IN_SYNC = Gauge("gauntlet_follow_in_sync", "1 while this validator follows the subnet's shared model.",
+                       registry=REGISTRY)
+FOLLOW_WINDOW = Gauge("gauntlet_follow_window", "Window whose start model (theta_W) this validator holds.",
+                      registry=REGISTRY)
+FOLLOW_PUBLISHER = Gauge("gauntlet_follow_publisher", "1 for the validator that publishes the next aggregate.",
+                         ["hotkey", "model_hash"], registry=REGISTRY)
+FOLLOW_FAILOVERS = Gauge("gauntlet_follow_failovers", "Windows in which the publisher failed over.", registry=REGISTRY)
+FOLLOW_NULL_WINDOWS = Gauge("gauntlet_follow_null_windows", "Windows no proposal was on time for.", registry=REGISTRY)
+
+
+def observe_follow(status: FollowStatus) -> None:
+    FOLLOW_IN_SYNC.set(1 if status.in_sync else 0)
+    if status.window is not None:
+        FOLLOW_WINDOW.set(status.window)
+    FOLLOW_PUBLISHER.clear()
+    FOLLOW_PUBLISHER.labels(hotkey=status.publisher or "", model_hash=(status.model_hash or "")[:16]).set(1)
+    FOLLOW_FAILOVERS.set(status.failovers)
+    FOLLOW_NULL_WINDOWS.set(status.null_windows)
 
 
 @contextmanager

@@ -1,15 +1,14 @@
-"""The outer step: aggregate the best accepted deltas, publish it (and checkpoints), advance theta.
+"""This validator's proposed outer step for a window (``protocol.follow`` decides whose is applied).
 
-theta_{W+1} = theta_W - U_W with U_W = outer lr x robust_aggregate(clipped deltas of the top
-``outer.max_peers`` evaluated peers that improved the random loss). The aggregate is
-published signed at ``aggregate_key(W)`` with the base and result model hashes (possibly
-empty: then theta_{W+1} = theta_W), and every ``checkpoint_every`` windows a full
-checkpoint of theta_{W+1} at ``checkpoint_key(W+1)`` (the key names the window whose
-start the weights are). The validator advances its own model by *parsing the bytes it
-published* (``GlobalModel.step``), exactly the path a miner takes.
+P_W = outer lr x robust_aggregate(clipped deltas of the top ``outer.max_peers`` evaluated
+peers that improved the random loss), signed at ``proposal_key(W)`` with the base and result
+model hashes (possibly empty: then the result is theta_W). Every validator proposes; the
+follower rule picks the publisher's proposal, or the next validator's at failover, so a
+follower's proposal is what keeps the subnet going the window its publisher dies.
 
-Once published, an aggregate is authoritative: a validator that crashed after publishing
-and re-scores the window re-uses it rather than publishing a different outer step.
+Once stored, a proposal is final: other nodes may already have applied it, so a validator
+that crashed after proposing and re-scores the window re-uses it rather than storing a
+different one (its store timestamp, which the deadline judges, stays that of the first put).
 """
 
 from __future__ import annotations
@@ -22,10 +21,10 @@ from typing import Any
 
 import torch
 
-from protocol.global_model import GlobalModel, checkpoint_bytes
+from protocol.global_model import GlobalModel
 from protocol.hparams import HParams
 from protocol.model import model_hash
-from protocol.storage import ObjectNotFound, aggregate_key, checkpoint_key
+from protocol.storage import ObjectNotFound, Storage, proposal_key
 from protocol.sync import (
     AggregateMeta,
     SparseUpdate,
@@ -44,9 +43,9 @@ MAX_AGGREGATE_BYTES = 8 << 30
 
 @dataclass(frozen=True)
 class Published:
-    aggregate_hash: str
+    aggregate_hash: str  # blake2b of the stored proposal bytes
     peers: list[str]
-    next_model: GlobalModel
+    result_model_hash: str
     reused: bool = False
 
 
@@ -70,51 +69,34 @@ def robust_aggregate(updates: Sequence[SparseUpdate], shapes: Mapping[str, tuple
     return aggregate(dense, rule=hp.outer.rule, trim_fraction=hp.outer.trim_fraction, clip_to_median=True)
 
 
-def _existing(ctx: Any, window: int, model: GlobalModel) -> Published | None:
+def _existing(storage: Storage, hotkey: str, window: int, model: GlobalModel) -> Published | None:
     try:
-        data = ctx.own_storage.get(aggregate_key(window), max_bytes=MAX_AGGREGATE_BYTES)
+        data = storage.get(proposal_key(window), max_bytes=MAX_AGGREGATE_BYTES)
     except ObjectNotFound:
         return None
-    meta, _ = parse_aggregate(data, shapes=model.shapes, max_bytes=MAX_AGGREGATE_BYTES, publisher=ctx.hotkey)
+    meta, _ = parse_aggregate(data, shapes=model.shapes, max_bytes=MAX_AGGREGATE_BYTES, publisher=hotkey)
     if meta.base_model_hash != model.hash:
-        raise RuntimeError(f"published aggregate {window} extends {meta.base_model_hash[:12]}, not theta_W")
+        raise RuntimeError(f"stored proposal {window} extends {meta.base_model_hash[:12]}, not theta_W")
+    log.info("window %d: re-using the proposal stored before a restart", window)
+    return Published(hashlib.blake2b(data, digest_size=32).hexdigest(), list(meta.peers), meta.result_model_hash,
+                     reused=True)
+
+
+def publish_proposal(storage: Storage, keypair: Any, window: int, model: GlobalModel, s1: Stage1Result,
+                     outcome: WindowOutcome, hp: HParams) -> Published:
+    """Store this validator's proposal for ``window`` (or re-use the stored one)."""
+    hotkey = str(keypair.ss58_address)
+    published = _existing(storage, hotkey, window, model)
+    if published is not None:
+        return published
+    peers = outcome.ranked_for_aggregate(hp.outer.max_peers)
+    agg = robust_aggregate([s1.accepted[hk].decoded.update for hk in peers], model.shapes, hp)
+    update = dense_to_update(agg, lr=hp.outer.lr)
     nxt = model.copy()
-    nxt.step(data, max_bytes=MAX_AGGREGATE_BYTES, publisher=ctx.hotkey)
-    log.info("window %d: re-using the aggregate published before a restart", window)
-    return Published(hashlib.blake2b(data, digest_size=32).hexdigest(), list(meta.peers), nxt, reused=True)
-
-
-def publish_window(ctx: Any, window: int, model: GlobalModel, s1: Stage1Result, outcome: WindowOutcome) -> Published:
-    """Publish aggregate(W) (or re-use it), then a checkpoint when due; return theta_{W+1}."""
-    published = _existing(ctx, window, model)
-    if published is None:
-        hp: HParams = ctx.hp
-        peers = outcome.ranked_for_aggregate(hp.outer.max_peers)
-        agg = robust_aggregate([s1.accepted[hk].decoded.update for hk in peers], model.shapes, hp)
-        update = dense_to_update(agg, lr=hp.outer.lr)
-        nxt = model.copy()
-        apply_update(nxt.state, update)
-        meta = AggregateMeta(window=window, base_model_hash=model.hash, result_model_hash=model_hash(nxt.state),
-                             validator=ctx.hotkey, spec_version=hp.spec_version, peers=peers)
-        data = pack_aggregate(update, meta, ctx.keypair)
-        ctx.own_storage.put(aggregate_key(window), data)
-        nxt = model.copy()
-        nxt.step(data, max_bytes=MAX_AGGREGATE_BYTES, publisher=ctx.hotkey)
-        published = Published(hashlib.blake2b(data, digest_size=32).hexdigest(), peers, nxt)
-    maybe_checkpoint(ctx, published.next_model)
-    return published
-
-
-def maybe_checkpoint(ctx: Any, model: GlobalModel, *, force: bool = False) -> bool:
-    """Publish theta_{model.window} at checkpoint_key(model.window) when due (never twice)."""
-    if not force and model.window % ctx.hp.outer.checkpoint_every:
-        return False
-    key = checkpoint_key(model.window)
-    try:
-        ctx.own_storage.stat(key)
-        return False
-    except ObjectNotFound:
-        pass
-    ctx.own_storage.put(key, checkpoint_bytes(model, validator_hotkey=ctx.hotkey,
-                                              spec_version=ctx.hp.spec_version, keypair=ctx.keypair))
-    return True
+    apply_update(nxt.state, update)
+    result = model_hash(nxt.state)
+    meta = AggregateMeta(window=window, base_model_hash=model.hash, result_model_hash=result,
+                         validator=hotkey, spec_version=hp.spec_version, peers=peers)
+    data = pack_aggregate(update, meta, keypair)
+    storage.put(proposal_key(window), data)
+    return Published(hashlib.blake2b(data, digest_size=32).hexdigest(), peers, result)

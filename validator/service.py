@@ -7,9 +7,15 @@ validator was down are caught up in order from the database's view
 ``max_lookback`` are closed with an empty aggregate (theta unchanged) so the published
 chain of aggregates never has a hole that miners could not sync across.
 
-First start (no scored window, no own checkpoint): the validator publishes
-checkpoint(start) = ``GlobalModel.initial(hp, window=start)`` for the current window so
-miners can begin, and opens that window in the database.
+Before each pass the validator moves theta as far as the subnet's decided history goes
+(``protocol.follow``): it copies each applied aggregate into its own store, so miners and
+later validators can replay from any validator.
+
+First start (nothing in the database): a validator joins the history that ranked validators
+have already published, starting from the first window it can score. If nobody has any
+history yet, the validator ranked r-th (0 = highest stake) waits r windows for a higher one
+to start it, then publishes the genesis checkpoint ``GlobalModel.initial(hp, window=start)``
+itself, so simultaneous starts do not race to different genesis windows.
 """
 
 from __future__ import annotations
@@ -18,12 +24,18 @@ import logging
 import time
 from dataclasses import dataclass
 
-from protocol.global_model import GlobalModel, latest_checkpoint_window
 from protocol.windows import window_bounds, window_of
+from validator import metrics
 from validator.db import repo
-from validator.publish import maybe_checkpoint
 from validator.setweights import maybe_set_weights
-from validator.window import ValidatorContext, WindowReport, score_window, skip_window
+from validator.window import (
+    ModelNotReady,
+    ValidatorContext,
+    WindowReport,
+    advance_model,
+    score_window,
+    skip_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +48,37 @@ class LoopConfig:
     poll_s: float = 2.0
 
 
-def bootstrap(ctx: ValidatorContext, current_window: int) -> int | None:
-    """Publish the initial checkpoint on a fresh start; returns the start window if it did."""
+def bootstrap(ctx: ValidatorContext, current_window: int, *, started_at_window: int | None = None) -> int | None:
+    """On a fresh start, find (or publish) the history to follow; returns the first window to score.
+
+    None while there is nothing to follow yet (the caller retries). ``started_at_window`` is
+    the window the process started in (rank waits are counted from it).
+    """
     with ctx.sessions() as s:
         if repo.last_scored_window(s) is not None or repo.windows(s, limit=1):
             return None
-    if latest_checkpoint_window(ctx.own_storage, current_window) is not None:
-        start = latest_checkpoint_window(ctx.own_storage, current_window)
+    ranking = ctx.follower.ranking()
+    if ctx.follower.any_history(ranking, current_window):
+        model = advance_model(ctx, current_window)
+        if model is None:
+            return None
+        start = model.window if model.window == current_window else model.window + 1
+        log.info("joining the subnet's model at window %d (%s), scoring from window %d", model.window,
+                 model.hash[:12], start)
     else:
+        rank = next((i for i, v in enumerate(ranking) if v.hotkey == ctx.hotkey), None)
+        began = current_window if started_at_window is None else started_at_window
+        if rank is None:
+            log.warning("no history to follow and this validator is not ranked (no permit or commitment yet)")
+            return None
+        if current_window - began < rank:
+            log.info("no history yet; waiting for a higher-ranked validator to publish genesis (%d/%d windows)",
+                     current_window - began, rank)
+            return None
         start = current_window
-        maybe_checkpoint(ctx, GlobalModel.initial(ctx.hp, window=start), force=True)
-        log.info("fresh start: published the initial checkpoint for window %d", start)
+        ctx.model = ctx.follower.publish_genesis(start)
+        ctx.recent_hashes[ctx.model.hash] = start
+        log.info("fresh subnet: published the genesis checkpoint for window %d", start)
     with ctx.sessions() as s:
         repo.open_window(s, window=start)
     return start
@@ -74,21 +106,43 @@ def run_pass(ctx: ValidatorContext, cfg: LoopConfig, limit: int | None = None) -
     newest = window_of(ctx.chain.block(), ctx.hp.windows) - 1  # the last closed window
     reports = []
     for window in todo[: min(cfg.catch_up, limit if limit is not None else cfg.catch_up)]:
-        if newest - window > cfg.max_lookback:
-            reports.append(skip_window(ctx, window))
-        else:
-            reports.append(score_window(ctx, window))
+        try:
+            if newest - window > cfg.max_lookback:
+                reports.append(skip_window(ctx, window))
+            else:
+                reports.append(score_window(ctx, window))
+        except ModelNotReady as exc:
+            log.info("window %d waits: %s", window, exc)
+            break
         maybe_set_weights(ctx, window)
     return reports
 
 
+def follow(ctx: ValidatorContext) -> None:
+    """Take every decided aggregate up to the current window (and report where this validator stands)."""
+    advance_model(ctx, window_of(ctx.chain.block(), ctx.hp.windows))
+    metrics.observe_follow(ctx.follower.status)
+    with ctx.sessions() as s:
+        repo.record_follow_status(s, ctx.follower.status)
+
+
 def run(ctx: ValidatorContext, cfg: LoopConfig) -> int:
-    """The loop: bootstrap, then score windows as they close. Returns windows scored."""
-    bootstrap(ctx, window_of(ctx.chain.block(), ctx.hp.windows))
+    """The loop: bootstrap, then follow the shared model and score windows as they close. Returns windows scored."""
+    began = window_of(ctx.chain.block(), ctx.hp.windows)
     scored = 0
     while cfg.max_windows is None or scored < cfg.max_windows:
+        if not _has_start(ctx) and bootstrap(ctx, window_of(ctx.chain.block(), ctx.hp.windows),
+                                             started_at_window=began) is None:
+            time.sleep(cfg.poll_s)
+            continue
+        follow(ctx)
         reports = run_pass(ctx, cfg, None if cfg.max_windows is None else cfg.max_windows - scored)
         scored += sum(1 for r in reports if r.scored)
         if not reports:
             time.sleep(cfg.poll_s)
     return scored
+
+
+def _has_start(ctx: ValidatorContext) -> bool:
+    with ctx.sessions() as s:
+        return repo.last_scored_window(s) is not None or bool(repo.windows(s, limit=1))

@@ -13,6 +13,7 @@ Nothing here is used by ``gauntlet validator run``; it exists so tests and
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,7 +164,9 @@ class LocalNet:
 def local_net(root: Path, hp: HParams, num_miners: int, *, pages: Any = None, block_time_s: float = 1.0) -> LocalNet:
     from chain.local import LocalChain
 
-    clock = Clock(1_700_000_000.0)
+    # Start at the real time: the validator's own proposals carry real store timestamps, which
+    # the follower rule compares with the (simulated) chain time of each window's deadline.
+    clock = Clock(float(int(time.time())))
     chain = LocalChain.create(root / "chain.db", block_time_s=block_time_s, weights_rate_limit=0, clock=clock)
     validator = keypair("validator")
     miners = make_miners(root / "miners", num_miners)

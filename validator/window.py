@@ -3,10 +3,15 @@
 ``score_window(ctx, W)`` is the whole pipeline as named steps; each step lives in its own
 module (collect, stage1, evaluate, combine, publish) and this file only wires them.
 
+theta_W comes from the subnet's shared history (``protocol.follow``): this validator scores
+its own view of the peers (its own secret seed and random pages) against the same model as
+every other node, proposes its outer step, and the follower rule decides whose proposal
+every node applies.
+
 Crash safety (a ``kill -9`` at any line): the window's secret seed is stored when the
-window is opened, so a redo draws the same random pages; the aggregate of W, once
-published, is authoritative (miners may already have applied it), so a redo re-uses it
-instead of publishing a different one; everything the window decides is written by one
+window is opened, so a redo draws the same random pages; the proposal for W, once
+stored, is final (other nodes may already have applied it), so a redo re-uses it
+instead of storing a different one; everything the window decides is written by one
 ``mark_window_scored`` transaction, which is a no-op for a window already scored; and a
 weight set is claimed in the DB (unique per window) *before* the extrinsic is sent.
 """
@@ -21,17 +26,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chain.base import Chain
-from protocol.global_model import GlobalModel, sync_global_model
+from protocol.follow import Follower, declared_validators
+from protocol.global_model import GlobalModel, OutOfSync
 from protocol.hparams import HParams
 from protocol.storage import Storage
 from protocol.windows import window_bounds
 from validator import metrics
 from validator.collect import StorageCache, WindowTimes, collect_window
-from validator.combine import PeerPrev, WindowOutcome, combine_window
+from validator.combine import PeerPrev, combine_window
 from validator.db import repo
-from validator.publish import publish_window
+from validator.publish import publish_proposal
 from validator.receipts import build_receipts
-from validator.stage1 import SketchHistory, Stage1Result, run_stage1
+from validator.stage1 import SketchHistory, run_stage1
 from validator.stage2 import Stage2Plan, Stage2Runner, plan_stage2
 
 log = logging.getLogger(__name__)
@@ -45,10 +51,11 @@ class ValidatorContext:
     chain: Chain
     netuid: int
     keypair: Any  # sr25519 hotkey Keypair; signs aggregates and checkpoints, sets weights
-    own_storage: Storage  # where this validator publishes aggregates and checkpoints
+    own_storage: Storage  # where this validator stores its proposals, the shared history and checkpoints
     sessions: Any  # sessionmaker
     stage2: Stage2Runner
     codec_cfg: Any
+    follower: Follower
     allow_local_storage: bool = False
     per_peer_timeout_s: float = 30.0
     is_leader: Any = lambda: True  # callable: may this process set weights now?
@@ -84,18 +91,30 @@ def window_times(chain: Chain, window: int, hp: HParams) -> WindowTimes:
     return WindowTimes(start=chain.block_timestamp(b.start_block), end=chain.block_timestamp(b.end_block))
 
 
-def ensure_model(ctx: ValidatorContext, window: int) -> GlobalModel:
-    """theta_W, from memory or restored from this validator's own published history."""
-    model = ctx.model
-    if model is None or model.window != window:
-        model = sync_global_model(model if model and model.window <= window else None, window, hp=ctx.hp,
-                                  storage=ctx.own_storage, publisher=ctx.hotkey)
-        if model.window != window:
-            raise RuntimeError(f"own history reaches window {model.window}, not {window}: cannot score it")
-    ctx.model = model
-    ctx.recent_hashes[model.hash] = window
-    for old in [h for h, w in ctx.recent_hashes.items() if w < window - ctx.hp.scoring.sync_max_behind]:
+class ModelNotReady(RuntimeError):
+    """theta_W is not decided yet (or this validator cannot follow the subnet's history)."""
+
+
+def advance_model(ctx: ValidatorContext, target: int) -> GlobalModel | None:
+    """Move theta towards ``target`` as far as the decided history allows; None if there is nothing yet."""
+    try:
+        ctx.model = ctx.follower.advance(ctx.model, target)
+    except OutOfSync as exc:
+        log.warning("cannot follow the subnet's model: %s", exc)
+        return None
+    ctx.recent_hashes[ctx.model.hash] = ctx.model.window
+    for old in [h for h, w in ctx.recent_hashes.items() if w < ctx.model.window - ctx.hp.scoring.sync_max_behind]:
         del ctx.recent_hashes[old]
+    return ctx.model
+
+
+def ensure_model(ctx: ValidatorContext, window: int) -> GlobalModel:
+    """theta_W, from memory or the subnet's history; :class:`ModelNotReady` until it is decided."""
+    model = advance_model(ctx, window)
+    if model is None or model.window != window:
+        status = ctx.follower.status
+        raise ModelNotReady(f"theta_{window} not reached (at {model.window if model else None}: "
+                            f"{status.state} {status.detail})")
     return model
 
 
@@ -127,9 +146,10 @@ def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
         model = ensure_model(ctx, window)
         seed = open_window_seed(ctx, window, model.hash)
     with metrics.timed("collect", timings):
-        meta = ctx.chain.metagraph(ctx.netuid)
-        hotkeys = {hk: uid for uid, hk in zip(meta.uids, meta.hotkeys, strict=True) if hk != ctx.hotkey}
-        collected = collect_window(window, hotkeys=hotkeys, commitments=ctx.chain.commitments(ctx.netuid),
+        meta, commitments = ctx.chain.metagraph(ctx.netuid), ctx.chain.commitments(ctx.netuid)
+        validators = declared_validators(commitments) | {ctx.hotkey}  # they publish; they are not miners
+        hotkeys = {hk: uid for uid, hk in zip(meta.uids, meta.hotkeys, strict=True) if hk not in validators}
+        collected = collect_window(window, hotkeys=hotkeys, commitments=commitments,
                                    times=window_times(ctx.chain, window, ctx.hp), hp=ctx.hp,
                                    allow_local_storage=ctx.allow_local_storage,
                                    per_peer_timeout_s=ctx.per_peer_timeout_s, stores=ctx.stores)
@@ -146,7 +166,7 @@ def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
     with metrics.timed("score", timings):
         outcome = combine_window(window, prev=prev, stage1=s1, results=results, hp=ctx.hp)
     with metrics.timed("aggregate", timings):
-        published = publish_window(ctx, window, model, s1, outcome)
+        published = publish_proposal(ctx.own_storage, ctx.keypair, window, model, s1, outcome, ctx.hp)
     crash_point("after_publish")
     with metrics.timed("persist", timings):
         receipts = build_receipts(window, s1, plan, results, outcome, prev=prev, base_hash=model.hash,
@@ -157,9 +177,8 @@ def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
                 aggregate_hash=published.aggregate_hash, random_seed_hex=seed.hex(), base_model_hash=model.hash,
                 stage_timings=timings, num_submitted=sum(1 for c in collected.values() if c.size is not None),
                 num_evaluated=len(results))
-    ctx.model = published.next_model
-    ctx.recent_hashes[published.next_model.hash] = window + 1
     ctx.stage2.forget(window)
+    advance_model(ctx, window + 1)  # take theta_{W+1} now if it is already decided (this validator publishes)
     _count(window, stored, s1, results)
     return WindowReport(window, stored, sum(1 for c in collected.values() if c.size is not None), len(results),
                         len(published.peers), timings)
@@ -177,15 +196,11 @@ def _count(window: int, stored: bool, s1: Any, results: dict) -> None:
 
 
 def skip_window(ctx: ValidatorContext, window: int) -> WindowReport:
-    """Close a window too old to evaluate: empty aggregate (theta unchanged), no receipts."""
+    """Close a window too old to evaluate: no proposal, no receipts; theta follows the others' decision."""
     model = ensure_model(ctx, window)
     seed = open_window_seed(ctx, window, model.hash)
-    published = publish_window(ctx, window, model, Stage1Result(), WindowOutcome())
     with ctx.sessions() as s:
-        stored = repo.mark_window_scored(s, window=window, aggregate_hash=published.aggregate_hash,
-                                         random_seed_hex=seed.hex(), base_model_hash=model.hash,
+        stored = repo.mark_window_scored(s, window=window, random_seed_hex=seed.hex(), base_model_hash=model.hash,
                                          stage_timings={"skipped": 1.0})
-    ctx.model = published.next_model
-    ctx.recent_hashes[published.next_model.hash] = window + 1
     log.warning("window %d closed without evaluation (too far behind)", window)
     return WindowReport(window, stored)

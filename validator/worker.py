@@ -1,8 +1,9 @@
 """``gauntlet validator worker``: Stage-2 evaluations pulled from the Redis work queue.
 
 A worker is stateless apart from caches: for each job it (1) brings its copy of theta_W up
-to the job's window from the validator's published checkpoint and aggregates
-(``sync_global_model`` with the validator's hotkey pinned as publisher), (2) fetches the
+to the job's window from its validator's store (that validator's checkpoints and its copy of
+the subnet's applied aggregates, ``sync_global_model``; the validator copies W-1's aggregate
+before it dispatches W's jobs), (2) fetches the
 peer's delta from the peer's own storage with the size cap, checks that its payload hash
 is the one the validator accepted in Stage 1, parses and decodes it, (3) evaluates it with
 the same :class:`validator.evaluate.WindowEvaluator` the validator uses, and (4) completes
@@ -61,7 +62,7 @@ class WorkerConfig:
     """Settings of one worker process."""
 
     consumer: str
-    validator_hotkey: str  # whose published history defines theta_W
+    validator_hotkey: str  # the validator this worker serves: its store holds theta's history
     allow_local_storage: bool = False
     stale_ms: int = 60_000  # reclaim jobs idle this long (their worker died)
     block_ms: int = 1000
@@ -81,7 +82,7 @@ class Worker:
         if self._evaluator is None or self._evaluator[0] != key:
             self.model = sync_global_model(self.model if self.model and self.model.window <= window else None,
                                            window, hp=self.hp, storage=self.publish_storage,
-                                           publisher=self.cfg.validator_hotkey)
+                                           owner=self.cfg.validator_hotkey)
             if self.model.window != window:
                 raise JobError(f"published history reaches window {self.model.window}, not {window}")
             module = model_from_state(self.model.config, self.model.state)

@@ -40,7 +40,7 @@ from validator.db.models import Evaluation, Peer, WeightSet, Window
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-HP = HParams().override(**{
+HP = HParams().override(**{"windows.publish_timeout_s": 5.0,
     "windows.blocks_per_window": 25, "windows.upload_grace_s": 1.0, "data.pages_per_window": 1,
     "data.eval_pages": 1, "outer.checkpoint_every": 2, "weights.set_every_windows": 1,
 })
@@ -103,7 +103,7 @@ def test_kill_9_mid_window_then_restart(tmp_path: Path, pg_schema_url: str) -> N
         out1, _ = first.communicate(timeout=120)
         assert first.returncode == -signal.SIGKILL, out1[-3000:]
         vstore = LocalStorage(tmp_path / "vstore")
-        published = {i.key: vstore.get(i.key, max_bytes=1 << 30) for i in vstore.list("aggregates/")}
+        published = {i.key: vstore.get(i.key, max_bytes=1 << 30) for i in vstore.list("proposals/")}
         assert len(published) == 1, out1[-3000:]
         (crashed_key, crashed_bytes), = published.items()
 
@@ -140,6 +140,6 @@ def test_kill_9_mid_window_then_restart(tmp_path: Path, pg_schema_url: str) -> N
     assert {r for w, _hk, _st, r, _d in reasons if w == scored[0] + 1} == {"replay"}
     for m in miners:  # state equals the last receipt: no window applied twice
         assert peers[m.hotkey] == pytest.approx(last_bma[m.hotkey])
-    synced = sync_global_model(None, scored[-1] + 1, hp=HP, storage=vstore, publisher=wallet.hotkey.ss58_address)
+    synced = sync_global_model(None, scored[-1] + 1, hp=HP, storage=vstore, owner=wallet.hotkey.ss58_address)
     assert synced.window == scored[-1] + 1  # the published chain of aggregates has no hole
     shutil.rmtree(tmp_path / "home", ignore_errors=True)

@@ -29,7 +29,7 @@ from validator.setweights import maybe_set_weights
 
 pytestmark = pytest.mark.integration
 
-HP = HParams().override(**{
+HP = HParams().override(**{"windows.publish_timeout_s": 5.0,
     "windows.blocks_per_window": 100, "windows.upload_grace_s": 5.0, "data.seq_len": 32, "data.page_seqs": 4,
     "data.pages_per_window": 2, "data.eval_pages": 1, "outer.checkpoint_every": 2,
     "weights.set_every_windows": 1, "scoring.max_norm_ratio": 5.0,
@@ -106,7 +106,7 @@ def test_full_window_end_to_end(tmp_path: Path, pg_schema_url: str) -> None:  # 
     assert window.status in ("scored", "weights_set") and window.aggregate_hash
 
     # The published aggregate takes a fresh node from theta_0 to the validator's theta_1.
-    synced = sync_global_model(None, 1, hp=HP, storage=ctx.own_storage, publisher=ctx.hotkey)
+    synced = sync_global_model(None, 1, hp=HP, storage=ctx.own_storage, owner=ctx.hotkey)
     assert synced.window == 1 and synced.hash == ctx.model.hash
 
     # Weights: set once for window 0, never twice.

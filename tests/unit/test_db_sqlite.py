@@ -26,7 +26,7 @@ from validator.db.models import Base, Evaluation, Peer, Window
 from validator.db.session import current_revision, downgrade, make_engine, migrate, session_factory
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"windows", "peers", "evaluations", "weight_sets", "run_config"}
+TABLES = {"windows", "peers", "evaluations", "weight_sets", "run_config", "follow_state"}
 
 
 def full_receipt(hotkey: str, uid: int, *, loss_after_random: float = 2.5) -> repo.Receipt:
@@ -79,7 +79,7 @@ class DatabaseContract:
             diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
         engine.dispose()
         assert diff == []
-        assert current_revision(url) == "0001"
+        assert current_revision(url) == "0002"
 
     def test_downgrade_to_base_and_upgrade_again(self, url: str) -> None:
         downgrade(url, "base")
@@ -91,7 +91,7 @@ class DatabaseContract:
         with engine.connect() as connection:
             assert set(sa.inspect(connection).get_table_names()) >= TABLES
         engine.dispose()
-        assert current_revision(url) == "0001"
+        assert current_revision(url) == "0002"
 
     # ------------------------------------------------------------------ receipts
 

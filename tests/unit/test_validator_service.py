@@ -14,7 +14,7 @@ from validator import metrics, service, simulate
 from validator.app import RunOptions, build_context
 from validator.db import repo
 
-HP = HParams().override(**{
+HP = HParams().override(**{"windows.publish_timeout_s": 5.0,
     "windows.blocks_per_window": 10, "windows.upload_grace_s": 3.0, "data.seq_len": 16, "data.page_seqs": 2,
     "data.pages_per_window": 1, "data.eval_pages": 1, "outer.checkpoint_every": 2, "weights.set_every_windows": 2,
 })
@@ -56,7 +56,7 @@ def test_loop_waits_for_grace_catches_up_and_survives_restart(tmp_path: Path) ->
         assert repo.last_scored_window(s) == 3
         assert repo.count_window_evaluations(s, window=2, status="missing") == 2
     # The published history reaches theta_4 from the checkpoint of window 2 (checkpoint_every = 2).
-    synced = sync_global_model(None, 4, hp=HP, storage=ctx2.own_storage, publisher=ctx2.hotkey)
+    synced = sync_global_model(None, 4, hp=HP, storage=ctx2.own_storage, owner=ctx2.hotkey)
     assert synced.window == 4 and synced.hash == ctx2.model.hash
     assert ctx2.own_storage.stat("checkpoints/0000000002.safetensors").size > 0
 

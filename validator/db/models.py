@@ -85,7 +85,11 @@ class Window(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     scored_at: Mapped[datetime | None]
     stage_timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    aggregate_hash: Mapped[str | None] = mapped_column(sa.String(128))
+    aggregate_hash: Mapped[str | None] = mapped_column(sa.String(128))  # this validator's proposal
+    # Whose proposal every node applied (protocol.follow; None until decided or for a null window)
+    # and the resulting theta_{W+1}: equal across validators that follow the same history.
+    publisher: Mapped[str | None] = mapped_column(sa.String(64))
+    next_model_hash: Mapped[str | None] = mapped_column(sa.String(128))
     num_submitted: Mapped[int] = mapped_column(default=0, server_default="0")
     num_evaluated: Mapped[int] = mapped_column(default=0, server_default="0")
     # Lets the ORM order inserts (window before its receipts); load explicitly in the API.
@@ -207,6 +211,22 @@ class RunConfig(Base):
     version: Mapped[str | None] = mapped_column(sa.String(64))
     hotkey: Mapped[str | None] = mapped_column(sa.String(64))
     config: Mapped[dict[str, Any]]
+
+
+class FollowState(Base):
+    """Where this validator stands with the shared model (one row): served by ``/health``."""
+
+    __tablename__ = "follow_state"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    state: Mapped[str] = mapped_column(sa.String(16))  # starting, following, waiting, stalled
+    window: Mapped[int | None]  # the window whose start theta this validator holds
+    model_hash: Mapped[str | None] = mapped_column(sa.String(128))
+    publisher: Mapped[str | None] = mapped_column(sa.String(64))  # who publishes the next aggregate
+    detail: Mapped[str | None] = mapped_column(sa.Text)
+    failovers: Mapped[int] = mapped_column(default=0, server_default="0")
+    null_windows: Mapped[int] = mapped_column(default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 # Indexes for the API's access patterns (declared here because they need column expressions).

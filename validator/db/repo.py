@@ -22,12 +22,14 @@ from typing import Any, Literal, NotRequired, Required, TypedDict, Unpack, cast
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from protocol.follow import FollowStatus
 from validator.db.models import (
     EVALUATION_STATUSES,
     FINAL_WINDOW_STATUSES,
     WEIGHT_TX_STATUSES,
     WINDOW_STATUSES,
     Evaluation,
+    FollowState,
     Peer,
     RunConfig,
     WeightSet,
@@ -370,6 +372,33 @@ def windows_to_score(session: Session, *, current_window: int, lookback: int | N
         start = last + 1 if lower is None else max(last + 1, lower)
         pending.update(w for w in range(start, current_window) if w not in known)
     return sorted(pending)
+
+
+def record_decision(session: Session, *, window: int, publisher: str | None, next_model_hash: str) -> None:
+    """Note whose aggregate of ``window`` was applied (only for a window this validator has a row for)."""
+
+    def write() -> None:
+        session.execute(sa.update(Window).where(Window.window == window)
+                        .values(publisher=publisher, next_model_hash=next_model_hash))
+
+    _committed(session, write)
+
+
+def record_follow_status(session: Session, status: FollowStatus) -> None:
+    """Overwrite the one ``follow_state`` row with a ``protocol.follow.FollowStatus``."""
+
+    def write() -> None:
+        values = {"state": status.state, "window": status.window, "model_hash": status.model_hash,
+                  "publisher": status.publisher, "detail": (status.detail or None) and status.detail[:2000],
+                  "failovers": status.failovers, "null_windows": status.null_windows, "updated_at": utcnow()}
+        stmt = _insert(session, FollowState).values(id=1, **values)
+        session.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=values))
+
+    _committed(session, write)
+
+
+def follow_state(session: Session) -> FollowState | None:
+    return session.get(FollowState, 1, populate_existing=True)
 
 
 # --------------------------------------------------------------------------- weights
