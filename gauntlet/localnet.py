@@ -2,15 +2,20 @@
 
 It creates a run directory with dev wallets, an embedded local chain with fast blocks, a
 hyper-parameter file tuned for a small CPU machine (tiny model, short windows), and starts
-real processes: the validator (restarted if it dies, like a service manager would), a
-Stage-2 worker when Redis is configured, the score API, honest miners of increasing effort
-(inner steps), and one miner per adversarial mode (``miner.adversaries``). Each scored
-window is printed as a table read from the validator's database; at the end come the
-leaderboard, the on-chain incentives after an epoch, and the dashboard URL. Ctrl-C,
-SIGTERM or any error stops every child's process group (``gauntlet.procs``).
+real processes: one or more validators of decreasing stake (each restarted if it dies, like
+a service manager would; ``--late-validator K`` starts the last one K windows late), a
+Stage-2 worker when Redis is configured, the score API of the first validator, honest
+miners of increasing effort (inner steps), and one miner per adversarial mode
+(``miner.adversaries``). Each scored window is printed as a table read from the first
+validator's database, and with several validators a line per validator: its last scored
+window, whether its model hash matches, whom it follows, and how its weights agree with
+the others'. At the end come the leaderboard, the on-chain incentives after an epoch and
+the dashboard URL. Ctrl-C, SIGTERM or any error stops every child's process group
+(``gauntlet.procs``).
 
 Embedded defaults: local chain file, SQLite, local directory storage. PostgreSQL and Redis
-are used only when ``GAUNTLET_DATABASE_URL`` / ``GAUNTLET_REDIS_URL`` are set.
+are used only when ``GAUNTLET_DATABASE_URL`` / ``GAUNTLET_REDIS_URL`` are set (for the first
+validator; the others always keep a SQLite file in the run directory).
 """
 
 from __future__ import annotations
@@ -29,6 +34,29 @@ import typer
 
 REPO = Path(__file__).resolve().parents[1]
 NETUID = 1
+VALIDATOR_STAKES = (1000.0, 700.0, 500.0, 350.0, 250.0, 175.0, 125.0, 90.0)
+
+
+@dataclass(frozen=True)
+class ValidatorNode:
+    name: str  # "validator", then "validator-2", ...
+    stake: float
+    db_url: str
+    store_url: str
+    wallet: str
+    delay_windows: int = 0  # started this many windows after the others
+
+
+def plan_validators(run_dir: Path, count: int, late_windows: int, first_db_url: str) -> list[ValidatorNode]:
+    if not 1 <= count <= len(VALIDATOR_STAKES):
+        raise typer.BadParameter(f"--validators must be between 1 and {len(VALIDATOR_STAKES)}")
+    nodes = []
+    for i in range(count):
+        name = "validator" if i == 0 else f"validator-{i + 1}"
+        nodes.append(ValidatorNode(
+            name, VALIDATOR_STAKES[i], first_db_url if i == 0 else f"sqlite:///{run_dir / (name + '.db')}",
+            f"file://{run_dir / 'store' / name}", name, late_windows if i == count - 1 and count > 1 else 0))
+    return nodes
 
 
 @dataclass(frozen=True)
@@ -64,12 +92,17 @@ def plan_peers(honest: int, adversaries: str) -> list[Peer]:
     return peers
 
 
-def localnet_hparams(blocks_per_window: int, grace_s: float) -> Any:
-    """Consensus parameters for a 2-core dev box: tiny model, short windows, small payload cap."""
+def localnet_hparams(blocks_per_window: int, grace_s: float, window_s: float = 30.0) -> Any:
+    """Consensus parameters for a 2-core dev box: tiny model, short windows, small payload cap.
+
+    The publish timeout is a third of a window: long enough for three validators scoring
+    at once on two cores, short enough that a failover is decided while miners still wait.
+    """
     from protocol.hparams import HParams
 
     return HParams().override(**{
         "windows.blocks_per_window": blocks_per_window, "windows.upload_grace_s": grace_s,
+        "windows.publish_timeout_s": max(5.0, round(window_s / 3, 1)),
         "data.pages_per_window": 2, "data.eval_pages": 4, "inner.steps": 4, "inner.lr": 1e-3,
         "outer.checkpoint_every": 5, "weights.set_every_windows": 1, "max_upload_bytes": 1 << 20,
         "scoring.sync_max_behind": 2,
@@ -92,13 +125,19 @@ class LocalNet:
     """One run: directory, chain, wallets, processes, live view."""
 
     def __init__(self, run_dir: Path, *, block_time: float, blocks_per_window: int, grace_s: float,
-                 api_port: int, seed: int) -> None:
+                 api_port: int, seed: int, validators: int = 1, late_windows: int = 0,
+                 restart_delay_s: float = 0.0) -> None:
+        self.restart_delay_s = restart_delay_s
         self.run_dir, self.block_time, self.api_port, self.seed = run_dir, block_time, api_port, seed
-        self.hp = localnet_hparams(blocks_per_window, grace_s)
+        self.hp = localnet_hparams(blocks_per_window, grace_s, blocks_per_window * block_time)
         self.hp_path = run_dir / "hparams.json"
         self.db_url = os.environ.get("GAUNTLET_DATABASE_URL") or f"sqlite:///{run_dir / 'validator.db'}"
         self.redis_url = os.environ.get("GAUNTLET_REDIS_URL")
+        self.validators = plan_validators(run_dir, validators, late_windows, self.db_url)
+        self.validator_hotkeys: dict[str, str] = {}  # validator name -> ss58
         self.hotkeys: dict[str, str] = {}  # peer name -> ss58
+        self.pending: list[ValidatorNode] = []  # late validators not started yet
+        self.first_window: int | None = None
 
     # ---------------------------------------------------------------- setup
 
@@ -110,21 +149,25 @@ class LocalNet:
         self.hp_path.write_text(self.hp.model_dump_json(indent=1))
         _page_store(self.run_dir / "home", self.hp)
         wallets = self.run_dir / "wallets"
-        validator = create_wallet("validator", "default", wallets)
+        nodes = {v.name: create_wallet(v.wallet, "default", wallets) for v in self.validators}
         for p in peers:
             self.hotkeys[p.name] = create_wallet("miners", p.name, wallets).hotkey.ss58_address
         chain = LocalChain.create(self.run_dir / "chain.db", block_time_s=self.block_time,
                                   tempo=self.hp.windows.blocks_per_window, weights_rate_limit=0, immunity_period=10**6)
-        chain.register(validator.hotkey, NETUID)
-        chain.stake(validator.hotkey, 1000.0)
-        for p in peers:
-            chain.register(create_wallet_hotkey(wallets, p.name), NETUID)
+        for v in self.validators:
+            chain.register(nodes[v.name].hotkey, NETUID)
+            chain.stake(nodes[v.name].hotkey, v.stake)
+            self.validator_hotkeys[v.name] = nodes[v.name].hotkey.ss58_address
+        uids = {p.name: chain.register(create_wallet_hotkey(wallets, p.name), NETUID) for p in peers}
         names = {hk: (n, next(p.kind for p in peers if p.name == n)) for n, hk in self.hotkeys.items()}
         (self.run_dir / "peers.json").write_text(json.dumps(
-            {n: {"hotkey": hk, **next(p.__dict__ for p in peers if p.name == n)} for n, hk in self.hotkeys.items()},
-            indent=1))
+            {n: {"hotkey": hk, "uid": uids[n], **next(p.__dict__ for p in peers if p.name == n)}
+             for n, hk in self.hotkeys.items()}, indent=1))
         self.names = names
-        self.validator_hotkey = validator.hotkey.ss58_address
+        self.validator_hotkey = self.validator_hotkeys["validator"]
+        (self.run_dir / "validators.json").write_text(json.dumps(
+            {v.name: {"hotkey": self.validator_hotkeys[v.name], "stake": v.stake, "db_url": v.db_url,
+                      "store": v.store_url, "delay_windows": v.delay_windows} for v in self.validators}, indent=1))
         return chain
 
     def env(self, storage: str, **extra: str) -> dict[str, str]:
@@ -134,15 +177,25 @@ class LocalNet:
                    GAUNTLET_DATABASE_URL=self.db_url, GAUNTLET_STORAGE=storage, GAUNTLET_NETUID=str(NETUID),
                    OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                    PYTHONHASHSEED=str(self.seed),
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), **extra)
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        env.update(extra)
         return env
+
+    def start_validator(self, sup: Any, node: ValidatorNode) -> None:
+        env = self.env(node.store_url, GAUNTLET_WALLET_NAME=node.wallet, GAUNTLET_WALLET_HOTKEY="default",
+                       GAUNTLET_DATABASE_URL=node.db_url)
+        sup.start(node.name, [sys.executable, "-m", "gauntlet", "validator", "run", "--allow-local-storage",
+                              "--poll-s", "0.5"], env, restart=True, restart_delay_s=self.restart_delay_s)
 
     def start(self, sup: Any, peers: list[Peer]) -> None:
         gauntlet = [sys.executable, "-m", "gauntlet"]
-        vstore = f"file://{self.run_dir / 'store' / 'validator'}"
+        vstore = self.validators[0].store_url
         venv = self.env(vstore, GAUNTLET_WALLET_NAME="validator", GAUNTLET_WALLET_HOTKEY="default")
-        sup.start("validator", [*gauntlet, "validator", "run", "--allow-local-storage", "--poll-s", "0.5"], venv,
-                  restart=True)
+        for node in self.validators:
+            if node.delay_windows:
+                self.pending.append(node)
+            else:
+                self.start_validator(sup, node)
         if self.redis_url:
             sup.start("worker", [*gauntlet, "validator", "worker", "--allow-local-storage", "--threads", "1"], venv,
                       restart=True)
@@ -157,10 +210,11 @@ class LocalNet:
 
     def watch(self, sup: Any, chain: Any, windows: int, echo: Any) -> list[int]:
         """Print each window as it is scored until ``windows`` are; returns them."""
-        from gauntlet.localnet_view import View, format_window
+        from gauntlet.localnet_view import Validators, View, format_window
         from protocol.windows import window_of
 
         view = View(self.db_url, self.names)
+        others = Validators(self.validators, self.validator_hotkeys) if len(self.validators) > 1 else None
         seen: list[int] = []
         t0, last_progress = time.monotonic(), 0.0
         window_s = self.hp.windows.blocks_per_window * self.block_time
@@ -168,10 +222,13 @@ class LocalNet:
             while len(seen) < windows:
                 for note in sup.check():
                     echo(f"! {note}")
+                self.start_late(sup, chain, view, echo)
                 for w in view.scored_windows():
                     if w not in seen:
                         seen.append(w)
                         echo(format_window(w, view.window_rows(w), view.window_timings(w)))
+                        if others is not None:
+                            echo(others.format(chain, NETUID))
                 now = time.monotonic()
                 if now - last_progress >= max(5.0, window_s / 3):
                     block = chain.block()
@@ -183,7 +240,27 @@ class LocalNet:
                 time.sleep(0.5)
         finally:
             view.close()
+            if others is not None:
+                others.close()
         return seen
+
+    def start_late(self, sup: Any, chain: Any, view: Any, echo: Any) -> None:
+        """Start a delayed validator once the first one has scored ``delay_windows`` windows past its first."""
+        from protocol.windows import window_of
+
+        if not self.pending:
+            return
+        if self.first_window is None:
+            scored = view.scored_windows()
+            if not scored:
+                return
+            self.first_window = scored[0]
+        current = window_of(chain.block(), self.hp.windows)
+        for node in list(self.pending):
+            if current >= self.first_window + node.delay_windows:
+                echo(f"· starting {node.name} late, in window {current} (first scored window {self.first_window})")
+                self.start_validator(sup, node)
+                self.pending.remove(node)
 
     def finish(self, chain: Any, echo: Any, elapsed: float, restarts: int) -> dict[str, Any]:
         """Wait for an epoch after the last weight set; print leaderboard and incentives; write summary.json."""
@@ -206,6 +283,15 @@ class LocalNet:
                 "peers": {r.name: {"kind": r.kind, "score": r.score, "weight": r.weight} for r in board},
                 "incentive": {name: value for name, _kind, _uid, value in inc},
             }
+            if len(self.validators) > 1:
+                from gauntlet.localnet_view import Validators
+
+                others = Validators(self.validators, self.validator_hotkeys)
+                try:
+                    echo(others.format(chain, NETUID))
+                    summary["validators"] = others.summary(chain, NETUID)
+                finally:
+                    others.close()
         finally:
             view.close()
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -244,6 +330,11 @@ def localnet(
     api_port: int = typer.Option(8000, "--api-port", help="Port of the score API and dashboard."),
     keep: bool = typer.Option(False, "--keep", help="Keep a temporary run directory (logs, DB, chain)."),
     seed: int = typer.Option(0, "--seed", help="Seed for hashing and noise (runs are repeatable)."),
+    validators: int = typer.Option(1, "--validators", help="Validators (stakes 1000, 700, 500, ...) sharing one model."),
+    late_validator: int = typer.Option(0, "--late-validator",
+                                       help="Start the last validator this many windows after the first scored one."),
+    restart_delay: float = typer.Option(0.0, "--restart-delay",
+                                        help="Seconds before a validator that died is restarted (like RestartSec)."),
 ) -> None:
     """Run a local network (chain, validator, API, honest and adversarial miners) and show who gets paid."""
     from gauntlet.procs import Supervisor, raise_on_signals
@@ -254,11 +345,12 @@ def localnet(
         raise typer.BadParameter(f"{run_dir} is not empty; pick a new --dir")
     peers = plan_peers(honest, adversaries)
     net = LocalNet(run_dir, block_time=block_time, blocks_per_window=blocks_per_window, grace_s=grace_s,
-                   api_port=api_port, seed=seed)
+                   api_port=api_port, seed=seed, validators=validators, late_windows=late_validator,
+                   restart_delay_s=restart_delay)
     echo = typer.echo
     window_s = blocks_per_window * block_time
     echo(f"gauntlet localnet: {len(peers)} miners ({sum(p.kind == 'honest' for p in peers)} honest), "
-         f"{windows} windows of {window_s:.0f}s, run dir {run_dir}")
+         f"{validators} validator{'s' if validators > 1 else ''}, {windows} windows of {window_s:.0f}s, run dir {run_dir}")
     echo(f"  database {net.db_url}  redis {net.redis_url or 'off'}  logs {run_dir / 'logs'}/*.log")
     sup = Supervisor(run_dir, REPO)
     raise_on_signals()

@@ -115,3 +115,85 @@ def format_incentives(rows: list[tuple[str, str, int, float]], block: int) -> st
              f"  {'uid':>4} {'peer':<18} {'kind':<9} {'incentive':>9}"]
     lines += [f"  {uid:>4} {name:<18} {kind:<9} {inc:>9.4f}" for name, kind, uid, inc in rows]
     return "\n".join(lines)
+
+
+class Validators:
+    """Every validator of a local network: last window, model hash, whom it follows, agreement."""
+
+    def __init__(self, nodes: list[Any], hotkeys: dict[str, str]) -> None:
+        self.nodes, self.hotkeys = nodes, hotkeys
+        self.engines = {n.name: sa.create_engine(n.db_url) for n in nodes}
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            engine.dispose()
+
+    def _read(self, name: str) -> dict[str, Any]:
+        """What one validator's database says (empty before it has migrated)."""
+        from validator.db.models import FollowState
+
+        try:
+            with self.engines[name].connect() as c:
+                windows = c.execute(sa.select(Window.window, Window.base_model_hash, Window.publisher)
+                                    .where(Window.status.in_(FINAL_WINDOW_STATUSES)).order_by(Window.window)).all()
+                follow = c.execute(sa.select(FollowState.state, FollowState.publisher, FollowState.window,
+                                             FollowState.failovers, FollowState.null_windows)).first()
+                sets = c.execute(sa.select(WeightSet.window, WeightSet.uids, WeightSet.weights)).all()
+        except sa.exc.OperationalError:
+            return {}
+        return {"hashes": {w: h for w, h, _p in windows}, "publishers": {w: p for w, _h, p in windows},
+                "last": windows[-1][0] if windows else None,
+                "follow": dict(follow._mapping) if follow is not None else {},
+                "weights": {w: dict(zip(u, v, strict=True)) for w, u, v in sets}}
+
+    def _names(self) -> dict[str, str]:
+        return {hk: name for name, hk in self.hotkeys.items()}
+
+    def agreement(self, chain: Any, netuid: int) -> tuple[dict[str, float], dict[str, float]]:
+        """(validator trust, lowest Spearman against another validator), from the weights now on chain."""
+        from chain.agreement import spearman, validator_trust, weight_vector
+
+        mg = chain.metagraph(netuid)
+        uid_of = {hk: uid for uid, hk in zip(mg.uids, mg.hotkeys, strict=True)}
+        vuids = {name: uid_of[hk] for name, hk in self.hotkeys.items() if hk in uid_of}
+        miners = [u for u in mg.uids if u not in vuids.values()]
+        onchain = chain.weights(netuid)
+        rows = {vuids[n]: weight_vector(onchain[vuids[n]], miners) for n in vuids if onchain.get(vuids[n])}
+        stake = {uid: float(mg.stakes[i]) for i, uid in enumerate(mg.uids)}
+        trust = validator_trust(rows, stake)
+        names = {uid: n for n, uid in vuids.items()}
+        rho = {names[a]: min((spearman(rows[a], rows[b]) for b in rows if b != a), default=1.0) for a in rows}
+        return {names[u]: t for u, t in trust.items()}, rho
+
+    def format(self, chain: Any, netuid: int) -> str:
+        reads = {n.name: self._read(n.name) for n in self.nodes}
+        trust, rho = self.agreement(chain, netuid)
+        lead = reads[self.nodes[0].name]
+        names = self._names()
+        lines = [f"  {'validator':<13} {'stake':>6} {'last':>5} {'model':<13} {'follows':<13} {'state':<10}"
+                 f" {'vtrust':>6} {'rho':>5}"]
+        for n in self.nodes:
+            r = reads[n.name]
+            last = r.get("last")
+            h = (r.get("hashes") or {}).get(last) if last is not None else None
+            same = "" if h is None else ("=" if (lead.get("hashes") or {}).get(last, h) == h else "≠")
+            follow = r.get("follow") or {}
+            pub = names.get(follow.get("publisher") or "", (follow.get("publisher") or "-")[:8])
+            lines.append(f"  {n.name:<13} {n.stake:>6.0f} {'-' if last is None else last:>5} "
+                         f"{(h or '-')[:10] + ' ' + same:<13} {pub:<13} {follow.get('state', 'not started'):<10}"
+                         f" {trust.get(n.name, float('nan')):>6.3f} {rho.get(n.name, float('nan')):>5.2f}")
+        return "\n".join(lines)
+
+    def summary(self, chain: Any, netuid: int) -> dict[str, Any]:
+        trust, rho = self.agreement(chain, netuid)
+        out = {}
+        for n in self.nodes:
+            r = self._read(n.name)
+            out[n.name] = {"hotkey": self.hotkeys[n.name], "stake": n.stake, "last_scored": r.get("last"),
+                           "model_hashes": {str(w): h for w, h in (r.get("hashes") or {}).items()},
+                           "publishers": {str(w): p for w, p in (r.get("publishers") or {}).items()},
+                           "follow": r.get("follow") or {}, "validator_trust": trust.get(n.name),
+                           "min_spearman": rho.get(n.name),
+                           "weights": {str(w): {str(u): x for u, x in ws.items()}
+                                       for w, ws in (r.get("weights") or {}).items()}}
+        return out

@@ -27,7 +27,9 @@ class Child:
     env: dict[str, str]
     log_path: Path
     restart: bool = False  # restart when it dies unexpectedly (the validator)
+    restart_delay_s: float = 0.0  # wait this long before restarting (systemd's RestartSec)
     proc: subprocess.Popen | None = None
+    died_at: float | None = None
     restarts: int = 0
     exits: list[int] = field(default_factory=list)
 
@@ -41,11 +43,13 @@ class Supervisor:
         self._stopped = False
         atexit.register(self.stop_all)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], *, restart: bool = False) -> Child:
+    def start(self, name: str, argv: list[str], env: dict[str, str], *, restart: bool = False,
+              restart_delay_s: float = 0.0) -> Child:
         log_path = self.run_dir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        child = self.children.get(name) or Child(name, argv, env, log_path, restart)
+        child = self.children.get(name) or Child(name, argv, env, log_path, restart, restart_delay_s)
         self.children[name] = child
+        child.died_at = None
         with open(log_path, "ab") as log:
             child.proc = subprocess.Popen(argv, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)
@@ -63,12 +67,19 @@ class Supervisor:
             if child.proc is None or child.proc.poll() is None:
                 continue
             rc = child.proc.returncode
-            child.exits.append(rc)
+            if child.restart and child.died_at is None:
+                child.died_at = time.monotonic()
+                child.exits.append(rc)
+                if child.restart_delay_s:
+                    notes.append(f"{child.name} exited ({rc}); restarting in {child.restart_delay_s:.0f}s")
             if child.restart:
+                if time.monotonic() - (child.died_at or 0.0) < child.restart_delay_s:
+                    continue
                 child.restarts += 1
                 notes.append(f"{child.name} exited ({rc}); restarting (restart #{child.restarts})")
                 self.start(child.name, child.argv, child.env, restart=True)
             else:
+                child.exits.append(rc)
                 notes.append(f"{child.name} exited ({rc}); see {child.log_path}")
                 child.proc = None
         return notes

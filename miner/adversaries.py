@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from miner.loop import Miner
+from protocol.global_model import GlobalModel
 from protocol.pages import assigned_pages, derive_seed
 from protocol.storage import ObjectNotFound, StorageError, delta_key
 from protocol.windows import upload_deadline, window_bounds
@@ -156,6 +157,8 @@ class Stale(Miner):
     """Never follows the aggregates: trains from the initial model and signs its (old) hash."""
 
     def await_global_model(self, window: int) -> bool:
+        if self.global_model is None:
+            self.global_model = GlobalModel.initial(self.hp)
         return True
 
 

@@ -40,15 +40,21 @@ class RunOptions:
     commit_storage_url: bool = True
 
 
-def _redis(settings: Settings) -> tuple[Any, Any] | tuple[None, None]:
-    """(WorkQueue, LeaderLease) when Redis is configured, else (None, None)."""
+def _redis(settings: Settings, validator_hotkey: str) -> tuple[Any, Any] | tuple[None, None]:
+    """(WorkQueue, LeaderLease) when Redis is configured, else (None, None).
+
+    Keys are per validator hotkey, so validators sharing one Redis never take each other's
+    jobs or weight-setting lease; a worker names the validator it serves.
+    """
     if not settings.redis_url:
         return None, None
     from validator.queue import LeaderLease, RedisHealth, WorkQueue, connect
 
     client = connect(settings.redis_url)
     health = RedisHealth(client)
-    return WorkQueue(client, health=health), LeaderLease(client, health=health)
+    prefix = f"gauntlet:{validator_hotkey}"
+    return (WorkQueue(client, stream=f"{prefix}:eval", health=health),
+            LeaderLease(client, key=f"{prefix}:leader", health=health))
 
 
 def leader_check(lease: Any, owner: str) -> Any:
@@ -91,7 +97,7 @@ def build_context(settings: Settings, hp: HParams | None = None, *, options: Run
         except ChainError as exc:
             log.warning("could not commit the storage URL on chain: %s", exc)
     pages = pages if pages is not None else default_store(settings.home, hp.data)
-    queue, lease = _redis(settings)
+    queue, lease = _redis(settings, keypair.ss58_address)
     dispatcher = None
     if queue is not None:
         from validator.worker import QueueDispatcher
@@ -131,7 +137,7 @@ def build_worker(settings: Settings, *, validator_hotkey: str, allow_local_stora
     from validator.worker import Worker, WorkerConfig
 
     hp = hp or load_hparams(settings.hparams)
-    queue, _ = _redis(settings)
+    queue, _ = _redis(settings, validator_hotkey)
     if queue is None:
         raise SystemExit("gauntlet validator worker needs redis_url (GAUNTLET_REDIS_URL)")
     cfg = WorkerConfig(consumer=consumer, validator_hotkey=validator_hotkey, allow_local_storage=allow_local_storage)

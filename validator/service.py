@@ -62,7 +62,7 @@ def bootstrap(ctx: ValidatorContext, current_window: int, *, started_at_window: 
         model = advance_model(ctx, current_window)
         if model is None:
             return None
-        start = model.window if model.window == current_window else model.window + 1
+        start = model.window  # theta of a closed window is enough to score it
         log.info("joining the subnet's model at window %d (%s), scoring from window %d", model.window,
                  model.hash[:12], start)
     else:

@@ -30,9 +30,10 @@ def due(window: int, every: int) -> bool:
 def weights_from_scores(ctx: Any) -> tuple[list[int], list[float]]:
     """Current scores of registered peers -> (uids, normalised weights) via ``scoring.weights``."""
     from scoring.weights import compute_weights
+    from validator.window import miner_hotkeys
 
     meta = ctx.chain.metagraph(ctx.netuid)
-    uid_of = {hk: uid for uid, hk in zip(meta.uids, meta.hotkeys, strict=True)}
+    uid_of = miner_hotkeys(meta, ctx.chain.commitments(ctx.netuid))  # validators are never paid as miners
     with ctx.sessions() as s:
         scores = {uid_of[p.hotkey]: p.score for p in s.scalars(sa.select(Peer)) if p.hotkey in uid_of}
     weights = compute_weights(scores, ctx.hp.weights)

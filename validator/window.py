@@ -118,6 +118,17 @@ def ensure_model(ctx: ValidatorContext, window: int) -> GlobalModel:
     return model
 
 
+def miner_hotkeys(meta: Any, commitments: dict[str, str]) -> dict[str, int]:
+    """The hotkeys scored as miners (-> uid): not declared validators, nor permit holders without a miner URL.
+
+    A permit alone does not make a validator: on a subnet with fewer neurons than validator
+    slots every neuron holds one, miners included, and those still commit their store.
+    """
+    validators = declared_validators(commitments)
+    return {hk: uid for uid, hk, permit in zip(meta.uids, meta.hotkeys, meta.validator_permit, strict=True)
+            if hk not in validators and not (permit and hk not in commitments)}
+
+
 def open_window_seed(ctx: ValidatorContext, window: int, base_hash: str) -> bytes:
     """The window's secret seed: drawn once, stored before use, re-used by a redo."""
     with ctx.sessions() as s:
@@ -147,8 +158,7 @@ def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
         seed = open_window_seed(ctx, window, model.hash)
     with metrics.timed("collect", timings):
         meta, commitments = ctx.chain.metagraph(ctx.netuid), ctx.chain.commitments(ctx.netuid)
-        validators = declared_validators(commitments) | {ctx.hotkey}  # they publish; they are not miners
-        hotkeys = {hk: uid for uid, hk in zip(meta.uids, meta.hotkeys, strict=True) if hk not in validators}
+        hotkeys = {hk: uid for hk, uid in miner_hotkeys(meta, commitments).items() if hk != ctx.hotkey}
         collected = collect_window(window, hotkeys=hotkeys, commitments=commitments,
                                    times=window_times(ctx.chain, window, ctx.hp), hp=ctx.hp,
                                    allow_local_storage=ctx.allow_local_storage,

@@ -186,13 +186,37 @@ def test_empty_database_answers_without_errors(tmp_path: Path) -> None:
 def test_health_and_metrics(client: TestClient, filled: Filled) -> None:
     health = client.get("/api/v1/health").json()
     assert health == {"status": "ok", "database": "ok", "redis": "disabled",
-                      "last_scored_window": filled.scored_windows[-1], "version": health["version"]}
+                      "last_scored_window": filled.scored_windows[-1], "version": health["version"], "follow": None}
     client.get("/api/v1/leaderboard")
     client.get("/api/v1/peers/nope")
     text = client.get("/metrics").text
     assert 'gauntlet_api_requests_total{method="GET",route="/api/v1/leaderboard",status="200"}' in text
     assert 'route="/api/v1/peers/{hotkey}",status="422"' in text
     assert 'gauntlet_api_request_seconds_bucket{le="0.01",method="GET",route="/api/v1/leaderboard"}' in text
+
+
+def test_health_shows_whom_the_validator_follows_and_degrades_when_it_cannot(tmp_path: Path) -> None:
+    from protocol.follow import FollowStatus
+    from validator.db import repo
+    from validator.db.session import make_engine, migrate, session_factory
+
+    url = f"sqlite:///{tmp_path / 'follow.db'}"
+    migrate(url)
+    sessions = session_factory(make_engine(url))
+    with TestClient(create_app(url)) as c:
+        with sessions() as s:
+            repo.record_follow_status(s, FollowStatus("following", 7, "ab" * 32, "5Pub", "", failovers=1))
+        body = c.get("/api/v1/health").json()
+        assert body["status"] == "ok"
+        assert body["follow"] | {"updated_at": None} == {
+            "state": "following", "in_sync": True, "window": 7, "model_hash": "ab" * 32, "publisher": "5Pub",
+            "detail": None, "failovers": 1, "null_windows": 0, "updated_at": None}
+        with sessions() as s:
+            repo.record_follow_status(s, FollowStatus("stalled", 7, "ab" * 32, "5Pub", "no validator has a usable "
+                                                      "checkpoint at or before window 9"))
+        body = c.get("/api/v1/health").json()
+        assert body["status"] == "degraded" and not body["follow"]["in_sync"]
+        assert "checkpoint" in body["follow"]["detail"]
 
 
 def test_unreachable_database_is_a_503_not_a_500(tmp_path: Path) -> None:

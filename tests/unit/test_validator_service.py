@@ -74,3 +74,17 @@ def test_windows_beyond_the_lookback_are_closed_empty(tmp_path: Path) -> None:
         skipped = [w.window for w in repo.windows(s) if w.stage_timings.get("skipped")]
     assert skipped == [1, 0]  # 4 - 0 and 4 - 1 > 2: closed empty; windows 2..4 evaluated
     assert ctx.model is not None and ctx.model.window == 5
+
+
+def test_validators_are_not_scored_as_miners() -> None:
+    from types import SimpleNamespace
+
+    from protocol.follow import validator_commitment
+    from validator.window import miner_hotkeys
+
+    meta = SimpleNamespace(uids=[0, 1, 2, 3, 4], hotkeys=["v1", "v2", "m1", "m2", "m3"],
+                           validator_permit=[True, True, True, False, False])
+    commitments = {"v1": validator_commitment("file:///v1"), "m1": "file:///m1", "m2": "file:///m2"}
+    # v1 declared the role; v2 holds a permit and committed nothing (a validator not yet started);
+    # m1 holds a permit too (small subnets give every neuron one) but committed a miner store.
+    assert miner_hotkeys(meta, commitments) == {"m1": 2, "m2": 3, "m3": 4}

@@ -89,3 +89,27 @@ def test_rejects_bad_shapes_and_negative_values() -> None:
         yuma(np.zeros((2, 3)), np.zeros(2))
     with pytest.raises(ValueError):
         yuma(-np.ones((2, 2)), np.ones(2))
+
+
+# ---------------------------------------------------------------------------- agreement
+
+
+def test_spearman_handles_ties_and_constants() -> None:
+    from chain.agreement import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # Five zero weights and three paid miners, the top two swapped: still close agreement.
+    assert spearman([0, 0, 0, 0, 0, 0.1, 0.3, 0.6], [0, 0, 0, 0, 0, 0.1, 0.6, 0.3]) == pytest.approx(31 / 32)
+    assert spearman([0, 0], [0, 0]) == 1.0 and spearman([0, 0], [0, 1]) == 0.0
+
+
+def test_validator_trust_is_the_weight_under_consensus() -> None:
+    from chain.agreement import validator_trust, weight_vector
+
+    uids = [3, 4, 5]
+    rows = {0: weight_vector({3: 0.5, 4: 0.5}, uids), 1: weight_vector({3: 0.5, 4: 0.5}, uids),
+            2: weight_vector({5: 1.0}, uids)}
+    trust = validator_trust(rows, {0: 400.0, 1: 300.0, 2: 300.0})
+    assert trust[0] == pytest.approx(1.0) and trust[1] == pytest.approx(1.0)
+    assert trust[2] == pytest.approx(0.0)  # a minority's favourite is clipped to the majority's 0

@@ -14,7 +14,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from validator.db.models import FINAL_WINDOW_STATUSES, Evaluation, Peer, WeightSet, Window
+from validator.db.models import FINAL_WINDOW_STATUSES, Evaluation, FollowState, Peer, WeightSet, Window
 
 T = TypeVar("T")
 
@@ -114,7 +114,10 @@ class WindowPublic(Public):
     status: WindowStatus
     base_model_hash: str | None
     random_seed_hex: str | None = Field(description="Published only once the window's scoring is final.")
-    aggregate_hash: str | None
+    aggregate_hash: str | None = Field(description="blake2b of this validator's own proposal for the window.")
+    publisher: str | None = Field(None, description="Whose proposal every node applied (None: not yet, or a null "
+                                  "window).")
+    next_model_hash: str | None = Field(None, description="theta_{W+1}: the same at every validator in sync.")
     started_at: datetime
     scored_at: datetime | None
     num_submitted: int
@@ -158,12 +161,27 @@ class WeightSetPublic(Public):
     weights: list[WeightEntry]
 
 
+class FollowPublic(Public):
+    """Where this validator stands with the subnet's shared model (``protocol.follow``)."""
+
+    state: Literal["starting", "following", "waiting", "stalled"]
+    in_sync: bool = Field(description="False when it cannot follow the shared history (see detail).")
+    window: int | None = Field(description="The window whose start model it holds.")
+    model_hash: str | None
+    publisher: str | None = Field(description="The validator that publishes the next aggregate.")
+    detail: str | None
+    failovers: int
+    null_windows: int
+    updated_at: datetime
+
+
 class Health(Public):
     status: Literal["ok", "degraded", "down"]
     database: Literal["ok", "error"]
     redis: Literal["ok", "down", "disabled"]
     last_scored_window: int | None
     version: str
+    follow: FollowPublic | None = Field(None, description="None until the validator has followed once.")
 
 
 # --------------------------------------------------------------------------- conversions
@@ -222,9 +240,18 @@ def receipt(row: Evaluation, *, window_status: str) -> Receipt:
 def window_public(row: Window) -> WindowPublic:
     return WindowPublic(
         window=row.window, status=row.status, base_model_hash=row.base_model_hash,  # type: ignore[arg-type]
-        random_seed_hex=row.published_seed, aggregate_hash=row.aggregate_hash, started_at=_utc(row.started_at),
+        random_seed_hex=row.published_seed, aggregate_hash=row.aggregate_hash, publisher=row.publisher,
+        next_model_hash=row.next_model_hash, started_at=_utc(row.started_at),
         scored_at=_utc(row.scored_at), num_submitted=row.num_submitted, num_evaluated=row.num_evaluated,
         stage_timings=dict(row.stage_timings or {}),
+    )
+
+
+def follow_public(row: FollowState) -> FollowPublic:
+    return FollowPublic(
+        state=row.state, in_sync=row.state in ("following", "waiting"), window=row.window,  # type: ignore[arg-type]
+        model_hash=row.model_hash, publisher=row.publisher, detail=row.detail, failovers=row.failovers,
+        null_windows=row.null_windows, updated_at=_utc(row.updated_at),
     )
 
 

@@ -1,0 +1,60 @@
+"""How far validators agree: Spearman rank correlation of weight vectors and Yuma validator trust.
+
+Pure numpy, no chain: the localnet's live view, the end-to-end tests and the agreement
+benchmark all measure with these. Validator trust is what Yuma pays validators by: the
+share of a validator's (row-normalised) weight that survives clipping to the stake-weighted
+consensus, so 1.0 means it never gave a miner more than the majority did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from chain.yuma import KAPPA, stake_weighted_consensus
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties sharing their average rank."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for value in np.unique(x):
+        tied = x == value
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rho with average ranks for ties; 1.0 when both vectors are constant, 0.0 if one is."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError("spearman needs two vectors of the same length")
+    rx, ry = _ranks(x), _ranks(y)
+    sx, sy = rx.std(), ry.std()
+    if sx == 0 or sy == 0:
+        return 1.0 if sx == sy else 0.0
+    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
+
+
+def weight_vector(weights: Mapping[int, float], uids: Sequence[int]) -> list[float]:
+    """A validator's weights over ``uids`` (missing uids weigh 0), normalised to sum 1."""
+    v = np.array([float(weights.get(u, 0.0)) for u in uids])
+    total = v.sum()
+    return (v / total).tolist() if total > 0 else v.tolist()
+
+
+def validator_trust(rows: Mapping[int, Sequence[float]], stakes: Mapping[int, float],
+                    kappa: float = KAPPA) -> dict[int, float]:
+    """Per validator uid: the part of its normalised weights under the stake-weighted consensus."""
+    vids = sorted(rows)
+    if not vids:
+        return {}
+    w = np.array([rows[v] for v in vids], dtype=np.float64)
+    w = w / np.maximum(w.sum(axis=1, keepdims=True), 1e-30)
+    s = np.array([stakes.get(v, 0.0) for v in vids], dtype=np.float64)
+    s = s / s.sum() if s.sum() > 0 else s
+    consensus = stake_weighted_consensus(w, s, kappa)
+    clipped = np.minimum(w, consensus[None, :])
+    return {v: float(clipped[i].sum()) for i, v in enumerate(vids)}
