@@ -58,3 +58,19 @@ def validator_trust(rows: Mapping[int, Sequence[float]], stakes: Mapping[int, fl
     consensus = stake_weighted_consensus(w, s, kappa)
     clipped = np.minimum(w, consensus[None, :])
     return {v: float(clipped[i].sum()) for i, v in enumerate(vids)}
+
+
+def pairwise_spearman(weights: Mapping[str, Mapping[int, Mapping[int, float]]], uids: Sequence[int]
+                      ) -> list[tuple[int, str, str, float]]:
+    """(epoch, validator a, validator b, rho) for every pair and every epoch both set weights in.
+
+    ``weights`` maps validator -> epoch (window) -> {uid: weight}; rho is over ``uids`` (the miners).
+    """
+    out = []
+    names = sorted(weights)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for epoch in sorted(set(weights[a]) & set(weights[b])):
+                out.append((epoch, a, b, spearman(weight_vector(weights[a][epoch], uids),
+                                                  weight_vector(weights[b][epoch], uids))))
+    return out

@@ -228,12 +228,18 @@ class Follower:
     live_windows: int = LIVE_WINDOWS
     status: FollowStatus = field(default_factory=FollowStatus)
     on_decision: Callable[[int, Decision, GlobalModel], None] | None = None  # with theta_{W+1}
+    _ranking: tuple[int, list[ValidatorInfo]] | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ public
 
     def ranking(self) -> list[ValidatorInfo]:
-        meta = self.chain.metagraph(self.netuid)
-        return rank_validators(meta.hotkeys, meta.stakes, meta.validator_permit, self.chain.commitments(self.netuid))
+        """The ranked validators, read again when the chain moves to a new block (nodes poll often)."""
+        block = self.chain.block()
+        if self._ranking is None or self._ranking[0] != block:
+            meta = self.chain.metagraph(self.netuid)
+            self._ranking = (block, rank_validators(meta.hotkeys, meta.stakes, meta.validator_permit,
+                                                    self.chain.commitments(self.netuid)))
+        return self._ranking[1]
 
     def advance(self, model: GlobalModel | None, target: int) -> GlobalModel:
         """theta as close to ``target`` as the decided history allows (never past it).
@@ -398,7 +404,7 @@ class Follower:
         if self.own is None:
             raise OutOfSync("only a validator can publish the genesis checkpoint")
         model = GlobalModel.initial(self.hp, window=window)
-        model.publisher = self.own.hotkey
+        model.publisher, model.genesis_window = self.own.hotkey, window
         self._checkpoint(model, force=True)
         return model
 
@@ -432,6 +438,10 @@ class Follower:
 
     def _set(self, state: Any, model: GlobalModel | None, detail: str) -> None:
         s = self.status
+        if state == "stalled" and (s.state, s.detail) != (state, detail):
+            log.warning("cannot follow the subnet's model: %s", detail)
+        elif s.state == "stalled" and state != "stalled":
+            log.info("following the subnet's model again (window %s)", model.window if model else None)
         s.state, s.detail = state, detail
         if model is not None:
             s.window, s.model_hash, s.publisher = model.window, model.hash, model.publisher

@@ -52,6 +52,7 @@ class GlobalModel:
     state: dict[str, torch.Tensor]
     hash: str
     publisher: str | None = None
+    genesis_window: int | None = None  # the window of the subnet's first checkpoint
 
     @classmethod
     def initial(cls, hp: HParams, window: int = 0) -> GlobalModel:
@@ -67,7 +68,7 @@ class GlobalModel:
 
     def copy(self) -> GlobalModel:
         return GlobalModel(self.config, self.window, {k: v.clone() for k, v in self.state.items()}, self.hash,
-                           self.publisher)
+                           self.publisher, self.genesis_window)
 
     def step(self, data: bytes, *, max_bytes: int, publisher: str | None = None) -> AggregateMeta:
         """Apply the aggregate of ``self.window`` and move to the next window (``publisher`` pins its signer)."""
@@ -89,7 +90,7 @@ class GlobalModel:
 
 def checkpoint_bytes(model: GlobalModel, *, validator_hotkey: str, spec_version: int, keypair) -> bytes:
     meta = CheckpointMeta(window=model.window, model_hash=model.hash, validator=validator_hotkey,
-                          spec_version=spec_version, publisher=model.publisher)
+                          spec_version=spec_version, publisher=model.publisher, genesis_window=model.genesis_window)
     return pack_checkpoint(model.state, meta, keypair)
 
 
@@ -160,4 +161,5 @@ def load_checkpoint(
     digest = model_hash(state)
     if digest != meta.model_hash or meta.window != window:
         raise OutOfSync(f"checkpoint {window} hash {digest[:12]} does not match its claim {meta.model_hash[:12]}")
-    return GlobalModel(config=config, window=window, state=state, hash=digest, publisher=meta.publisher)
+    return GlobalModel(config=config, window=window, state=state, hash=digest, publisher=meta.publisher,
+                       genesis_window=meta.genesis_window)

@@ -123,6 +123,12 @@ class WeightParams(_Strict):
     power: float = Field(1.0, gt=0, description="Weights proportional to score**power.")
     burn_uid: int | None = Field(None, ge=0)
     burn_fraction: float = Field(0.0, ge=0, le=1)
+    warmup_windows: int = Field(
+        5, ge=0,
+        description="A validator that joins a running subnet sets weights only after scoring this many windows: "
+        "ratings and the indicator average carry history it lacks, and its first weights disagree with the "
+        "others' on marginal miners (benchmarks/RESULTS.md, Validators). Validators there at genesis need none.",
+    )
 
 
 class HParams(_Strict):

@@ -70,6 +70,7 @@ class CheckpointMeta:
     # Who publishes the aggregate of ``window`` unless it fails over (the signer of the last
     # applied aggregate; None after a null window): lets a node that starts here follow on.
     publisher: str | None = None
+    genesis_window: int | None = None  # where the subnet's history starts (a later joiner knows it is late)
 
 
 # ------------------------------------------------------------------ the update itself
@@ -217,7 +218,8 @@ def parse_checkpoint(
 ) -> tuple[CheckpointMeta, dict[str, torch.Tensor]]:
     """Verify and decode a checkpoint; the caller re-hashes the weights against ``meta.model_hash``."""
     payload, raw = _open(data, CHECKPOINT_MAGIC, _CKPT_DOMAIN, max_bytes)
-    raw = _meta_fields(raw, ("window", "model_hash", "validator", "spec_version", "publisher"))
+    raw = _meta_fields(raw, ("window", "model_hash", "validator", "spec_version", "publisher",
+                                   "genesis_window"))
     try:
         meta = CheckpointMeta(**{k: json.loads(raw[k]) for k in CheckpointMeta.__dataclass_fields__})
     except (ValueError, TypeError) as exc:

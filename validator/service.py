@@ -121,9 +121,13 @@ def run_pass(ctx: ValidatorContext, cfg: LoopConfig, limit: int | None = None) -
 def follow(ctx: ValidatorContext) -> None:
     """Take every decided aggregate up to the current window (and report where this validator stands)."""
     advance_model(ctx, window_of(ctx.chain.block(), ctx.hp.windows))
-    metrics.observe_follow(ctx.follower.status)
-    with ctx.sessions() as s:
-        repo.record_follow_status(s, ctx.follower.status)
+    status = ctx.follower.status
+    metrics.observe_follow(status)
+    seen = (status.state, status.window, status.model_hash, status.publisher, status.detail)
+    if seen != ctx.follow_recorded:  # the loop polls every few seconds: write only what changed
+        with ctx.sessions() as s:
+            repo.record_follow_status(s, status)
+        ctx.follow_recorded = seen
 
 
 def run(ctx: ValidatorContext, cfg: LoopConfig) -> int:

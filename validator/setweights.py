@@ -41,9 +41,23 @@ def weights_from_scores(ctx: Any) -> tuple[list[int], list[float]]:
     return uids, [float(weights[u]) for u in uids]
 
 
+def warming_up(ctx: Any, window: int) -> bool:
+    """True while a validator that joined a running subnet has scored fewer than ``warmup_windows``."""
+    genesis = ctx.model.genesis_window if ctx.model is not None else None
+    with ctx.sessions() as s:
+        first = repo.first_scored_window(s)
+    if genesis is None or first is None or first <= genesis:
+        return False
+    if window - first + 1 >= ctx.hp.weights.warmup_windows:
+        return False
+    log.info("window %d: warming up (joined at window %d, genesis %d): weights from window %d", window, first,
+             genesis, first + ctx.hp.weights.warmup_windows - 1)
+    return True
+
+
 def maybe_set_weights(ctx: Any, window: int) -> bool:
     """Set weights for ``window`` if due, leader and not yet claimed; True if an extrinsic was sent."""
-    if not due(window, ctx.hp.weights.set_every_windows) or not ctx.is_leader():
+    if not due(window, ctx.hp.weights.set_every_windows) or warming_up(ctx, window) or not ctx.is_leader():
         return False
     uids, weights = weights_from_scores(ctx)
     if not uids:

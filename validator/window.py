@@ -63,6 +63,7 @@ class ValidatorContext:
     recent_hashes: dict[str, int] = field(default_factory=dict)  # model hash -> window of that theta
     history: SketchHistory | None = None
     stores: StorageCache = field(default_factory=StorageCache)
+    follow_recorded: tuple[Any, ...] = ()  # the follow status last written to the database
 
     @property
     def hotkey(self) -> str:

@@ -13,7 +13,6 @@ Each run takes about 5-6 minutes on a 2-core machine.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from chain.agreement import spearman, weight_vector
+from chain.agreement import pairwise_spearman
 from protocol.global_model import GlobalModel
 from protocol.hparams import load_hparams
 from protocol.storage import LocalStorage
@@ -81,6 +80,10 @@ def test_three_validators_one_model_and_agreeing_weights(tmp_path: Path) -> None
     out = _finish(proc, timeout=720)
     assert proc.returncode == 0, out[-4000:]
     _no_strays(run_dir)
+    check_agreement_run(run_dir)
+
+
+def check_agreement_run(run_dir: Path) -> None:
     summary, peers, validators, dbs = _load(run_dir)
     _check_one_model(dbs)
     _check_validators_not_scored(dbs, validators)
@@ -99,19 +102,17 @@ def test_three_validators_one_model_and_agreeing_weights(tmp_path: Path) -> None
             assert synced, (name, honest[hk], rows)
             bad = [(w, r) for w, _st, r in rows if w > synced[0] and r == "out_of_sync"]
             assert not bad, (name, honest[hk], bad)
-        stale = next(p["hotkey"] for n, p in peers.items() if n == "stale")
-        assert {r for _w, h, _st, r in d["evals"] if h == stale} <= {"out_of_sync", "missing"}
+        # The stale miner trains on the initial weights: in sync at genesis only.
+        stale = peers["stale"]["hotkey"]
+        late_windows = sorted(d["hashes"])[-4:]
+        assert {r for w, h, _st, r in d["evals"] if h == stale and w in late_windows} <= {"out_of_sync", "missing"}
 
     # Weights agree in every epoch (the local chain's tempo is one window) both set weights for.
     miner_uids = sorted(p["uid"] for p in peers.values())
-    epochs = 0
-    for a, b in itertools.combinations(dbs, 2):
-        for w in sorted(set(dbs[a]["weights"]) & set(dbs[b]["weights"])):
-            rho = spearman(weight_vector(dbs[a]["weights"][w], miner_uids),
-                           weight_vector(dbs[b]["weights"][w], miner_uids))
-            assert rho >= 0.9, (a, b, w, rho, dbs[a]["weights"][w], dbs[b]["weights"][w])
-            epochs += 1
-    assert epochs >= 8, epochs
+    rhos = pairwise_spearman({name: d["weights"] for name, d in dbs.items()}, miner_uids)
+    assert len(rhos) >= 8, rhos
+    low = [(epoch, a, b, rho) for epoch, a, b, rho in rhos if rho < 0.9]
+    assert not low, (low, {name: d["weights"] for name, d in dbs.items()})
     for name, v in summary["validators"].items():
         assert v["validator_trust"] is not None and v["validator_trust"] >= 0.95, (name, v["validator_trust"])
         assert v["follow"]["state"] in ("following", "waiting"), (name, v["follow"])

@@ -88,3 +88,21 @@ def test_validators_are_not_scored_as_miners() -> None:
     # v1 declared the role; v2 holds a permit and committed nothing (a validator not yet started);
     # m1 holds a permit too (small subnets give every neuron one) but committed a miner store.
     assert miner_hotkeys(meta, commitments) == {"m1": 2, "m2": 3, "m3": 4}
+
+
+def test_a_validator_that_joins_late_warms_up_before_setting_weights(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from validator.db.session import make_engine, migrate, session_factory
+    from validator.setweights import warming_up
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    migrate(url)
+    sessions = session_factory(make_engine(url))
+    with sessions() as s:
+        repo.mark_window_scored(s, window=12)
+    hp = HP.override(**{"weights.warmup_windows": 5})
+    late = SimpleNamespace(model=SimpleNamespace(genesis_window=3), sessions=sessions, hp=hp)
+    assert [w for w in range(12, 20) if warming_up(late, w)] == [12, 13, 14, 15]  # weights from 12 + 5 - 1
+    at_genesis = SimpleNamespace(model=SimpleNamespace(genesis_window=12), sessions=sessions, hp=hp)
+    assert not warming_up(at_genesis, 12)

@@ -354,6 +354,12 @@ def last_scored_window(session: Session) -> int | None:
     return session.scalar(stmt)
 
 
+def first_scored_window(session: Session) -> int | None:
+    """The lowest window whose scoring is final, or None."""
+    stmt = sa.select(sa.func.min(Window.window)).where(Window.status.in_(FINAL_WINDOW_STATUSES))
+    return session.scalar(stmt)
+
+
 def windows_to_score(session: Session, *, current_window: int, lookback: int | None = None) -> list[int]:
     """Closed windows (before ``current_window``) still to score, oldest first.
 
