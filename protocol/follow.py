@@ -256,9 +256,8 @@ class Follower:
                 if current - w > self.live_windows:  # old: what was decided is in the validators' history
                     if self._replay(model, ranking):
                         continue
-                    newer = self._bootstrap(target, ranking)
-                    if newer.window > w:
-                        model = newer
+                    if self.any_history(ranking, target, after=w):  # a gap in the copies: jump over it
+                        model = self._bootstrap(target, ranking, after=w)
                         continue
                 decision = self._decide(model, ranking)
                 if decision.kind == "wait":
@@ -274,11 +273,14 @@ class Follower:
 
     # ------------------------------------------------------------------ steps
 
-    def _bootstrap(self, target: int, ranking: Sequence[ValidatorInfo]) -> GlobalModel:
-        """The newest checkpoint of this node's own store, else of the highest-ranked validator that has one."""
+    def _bootstrap(self, target: int, ranking: Sequence[ValidatorInfo], *, after: int = -1) -> GlobalModel:
+        """The newest checkpoint (past ``after``) of this node's own store, else of the highest-ranked validator."""
         problems = []
         for hotkey, store in self._sources(ranking):
             try:
+                newest = latest_checkpoint_window(store(), target)
+                if newest is None or newest <= after:
+                    continue
                 model = load_checkpoint(self.hp, store(), hotkey, target, self.max_bytes)
             except (OutOfSync, SyncError, StorageError) as exc:
                 problems.append(f"{hotkey[:8]}: {exc}")
@@ -408,14 +410,15 @@ class Follower:
         self._checkpoint(model, force=True)
         return model
 
-    def any_history(self, ranking: Iterable[ValidatorInfo], at_most: int) -> bool:
-        """Whether any ranked validator (or this node's own store) has a checkpoint at or before ``at_most``."""
+    def any_history(self, ranking: Iterable[ValidatorInfo], at_most: int, *, after: int = -1) -> bool:
+        """Whether this node's own store or a ranked validator's has a checkpoint in (``after``, ``at_most``]."""
         for _hotkey, store in self._sources(ranking):
             try:
-                if latest_checkpoint_window(store(), at_most) is not None:
-                    return True
+                newest = latest_checkpoint_window(store(), at_most)
             except StorageError:
                 continue
+            if newest is not None and newest > after:
+                return True
         return False
 
     # ------------------------------------------------------------------ helpers

@@ -73,6 +73,7 @@ def _check_validators_not_scored(dbs: dict[str, Any], validators: dict[str, Any]
         assert not [e for e in d["evals"] if e[1] in hotkeys], f"{name} scored a validator as a miner"
 
 
+@pytest.mark.timeout(900)
 def test_three_validators_one_model_and_agreeing_weights(tmp_path: Path) -> None:
     run_dir, port = tmp_path / "run", _free_port()
     proc = _start(run_dir, port, "--windows", "8", "--validators", "3", "--late-validator", "2",
@@ -123,6 +124,7 @@ def check_agreement_run(run_dir: Path) -> None:
     assert max(summary["incentive"][n] for n in peers if peers[n]["kind"] == "honest") > 0.3
 
 
+@pytest.mark.timeout(900)
 def test_publisher_killed_the_next_validator_takes_over(tmp_path: Path) -> None:
     run_dir, port = tmp_path / "run", _free_port()
     proc = _start(run_dir, port, "--windows", "8", "--validators", "3", "--restart-delay", "45",
