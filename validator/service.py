@@ -69,11 +69,12 @@ def bootstrap(ctx: ValidatorContext, current_window: int, *, started_at_window: 
         rank = next((i for i, v in enumerate(ranking) if v.hotkey == ctx.hotkey), None)
         began = current_window if started_at_window is None else started_at_window
         if rank is None:
-            log.warning("no history to follow and this validator is not ranked (no permit or commitment yet)")
+            _say_once(logging.WARNING, "no history to follow and this validator is not ranked (no permit or "
+                      "validator commitment on chain yet)")
             return None
         if current_window - began < rank:
-            log.info("no history yet; waiting for a higher-ranked validator to publish genesis (%d/%d windows)",
-                     current_window - began, rank)
+            _say_once(logging.INFO, f"no history yet; waiting for a higher-ranked validator to publish genesis "
+                      f"({current_window - began}/{rank} windows)")
             return None
         start = current_window
         ctx.model = ctx.follower.publish_genesis(start)
@@ -82,6 +83,16 @@ def bootstrap(ctx: ValidatorContext, current_window: int, *, started_at_window: 
     with ctx.sessions() as s:
         repo.open_window(s, window=start)
     return start
+
+
+_said: list[str] = []
+
+
+def _say_once(level: int, message: str) -> None:
+    """Log a waiting message when it changes, not on every poll."""
+    if _said[-1:] != [message]:
+        log.log(level, message)
+        _said[:] = [message]
 
 
 def ready(ctx: ValidatorContext, window: int) -> bool:
