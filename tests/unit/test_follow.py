@@ -10,6 +10,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -277,3 +278,28 @@ def test_a_proposal_that_lies_about_its_result_is_skipped_and_theta_kept(tmp_pat
     model = miner.advance(model, 1)
     assert model.window == 1 and model.publisher == net.hotkey("v2")
     assert model.hash == parse_aggregate(good, shapes=model.shapes, max_bytes=1 << 30)[0].result_model_hash
+
+
+def test_a_stale_publisher_is_passed_over_and_the_next_one_publishes(tmp_path: Path) -> None:
+    net = Net(tmp_path)
+    net.at(0, -10)
+    net.follower("v1").publish_genesis(0)
+    miner = net.follower(None)
+    decisions: dict[int, Any] = {}
+    miner.on_decision = lambda w, d, _m: decisions.__setitem__(w, d)
+    theta0 = miner.advance(None, 0)
+    net.at(0, 0.5)
+    net.propose("v1", theta0, seed=1)
+    theta1 = miner.advance(theta0.copy(), 1)
+    # Window 1: v1 is stuck on theta_0 and proposes on top of it again; v3 follows and is on time.
+    net.at(1, 0.5)
+    stale = theta0.copy()
+    stale.window = 1
+    net.propose("v1", stale, seed=2)
+    net.propose("v3", theta1, seed=3)
+    assert miner.advance(theta1, 2).window == 1  # before the deadline nobody passes v1 over
+    net.clock.now = net.deadline(1) + 6.0
+    theta2 = miner.advance(theta1, 2)
+    assert theta2.window == 2 and theta2.publisher == net.hotkey("v3")  # v2 proposed nothing
+    skipped = dict(decisions[1].skipped)
+    assert skipped[net.hotkey("v1")].startswith("invalid: extends") and skipped[net.hotkey("v2")] == "missing"
