@@ -259,6 +259,10 @@ class Follower:
                     if self.any_history(ranking, target, after=w):  # a gap in the copies: jump over it
                         model = self._bootstrap(target, ranking, after=w)
                         continue
+                # Live: the publisher's own copy is its decision (the same bytes as its proposal when
+                # that was on time), so a node need not wait for anything else.
+                if model.publisher is not None and self._replay(model, ranking, only=model.publisher):
+                    continue
                 decision = self._decide(model, ranking)
                 if decision.kind == "wait":
                     self._set("waiting", model, decision.reason)
@@ -291,10 +295,15 @@ class Follower:
         raise OutOfSync("no validator has a usable checkpoint at or before window "
                         f"{target}" + (f" ({'; '.join(problems)})" if problems else ""))
 
-    def _replay(self, model: GlobalModel, ranking: Sequence[ValidatorInfo]) -> bool:
-        """Apply the aggregate of ``model.window`` from a validator's copied history; False if none has it."""
+    def _replay(self, model: GlobalModel, ranking: Sequence[ValidatorInfo], *, only: str | None = None) -> bool:
+        """Apply the aggregate of ``model.window`` from a validator's copied history; False if none has it.
+
+        ``only`` restricts the sources to this node's own store and that validator's.
+        """
         w = model.window
         for hotkey, store in self._sources(ranking):
+            if only is not None and hotkey != only and (self.own is None or hotkey != self.own.hotkey):
+                continue
             try:
                 data = store().get(aggregate_key(w), max_bytes=self.max_bytes)
                 model.step(data, max_bytes=self.max_bytes)

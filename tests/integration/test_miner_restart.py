@@ -26,9 +26,10 @@ pytest.importorskip("protocol.wire")
 from chain.local import LocalChain
 from chain.wallets import create_wallet
 from miner.state import MinerState
-from protocol.global_model import GlobalModel
+from protocol.follow import validator_commitment
+from protocol.global_model import GlobalModel, checkpoint_bytes
 from protocol.hparams import load_hparams
-from protocol.storage import aggregate_key, open_storage
+from protocol.storage import aggregate_key, checkpoint_key, open_storage
 from protocol.sync import AggregateMeta, pack_aggregate
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -77,10 +78,13 @@ def test_kill_9_and_restart(tmp_path: Path) -> None:
     vkey = create_wallet("v", "h", tmp_path / "wallets").hotkey
     chain.register(vkey, 1)
     chain.stake(vkey, 1000.0)
-    chain.commit(vkey, 1, f"file://{tmp_path / 'store'}")
-    # The fake validator: an empty outer step for every window (theta stays at its initial value).
+    chain.commit(vkey, 1, validator_commitment(f"file://{tmp_path / 'store'}"))
+    # The fake validator: genesis at window 0, then an empty outer step for every window.
     store = open_storage(f"file://{tmp_path / 'store'}")
     gm = GlobalModel.initial(hp)
+    gm.publisher, gm.genesis_window = vkey.ss58_address, 0
+    store.put(checkpoint_key(0), checkpoint_bytes(gm, validator_hotkey=vkey.ss58_address,
+                                                  spec_version=hp.spec_version, keypair=vkey))
     for w in range(200):
         meta = AggregateMeta(window=w, base_model_hash=gm.hash, result_model_hash=gm.hash,
                              validator=vkey.ss58_address, spec_version=hp.spec_version)
