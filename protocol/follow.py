@@ -414,8 +414,10 @@ class Follower:
         """Start the subnet's history: the initial weights as theta_window, this validator publishing."""
         if self.own is None:
             raise OutOfSync("only a validator can publish the genesis checkpoint")
+        # No sticky publisher: the first window goes to the top of the ranking, so two validators
+        # that both start the history at the same window still agree on every later step.
         model = GlobalModel.initial(self.hp, window=window)
-        model.publisher, model.genesis_window = self.own.hotkey, window
+        model.genesis_window = window
         self._checkpoint(model, force=True)
         return model
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from protocol.windows import window_bounds, window_of
 from validator import metrics
@@ -66,11 +67,10 @@ def bootstrap(ctx: ValidatorContext, current_window: int, *, started_at_window: 
         log.info("joining the subnet's model at window %d (%s), scoring from window %d", model.window,
                  model.hash[:12], start)
     else:
-        rank = next((i for i, v in enumerate(ranking) if v.hotkey == ctx.hotkey), None)
+        rank = genesis_rank(ctx.chain.metagraph(ctx.netuid), ctx.hotkey)
         began = current_window if started_at_window is None else started_at_window
         if rank is None:
-            _say_once(logging.WARNING, "no history to follow and this validator is not ranked (no permit or "
-                      "validator commitment on chain yet)")
+            _say_once(logging.WARNING, "no history to follow and this validator holds no validator permit yet")
             return None
         if current_window - began < rank:
             _say_once(logging.INFO, f"no history yet; waiting for a higher-ranked validator to publish genesis "
@@ -83,6 +83,17 @@ def bootstrap(ctx: ValidatorContext, current_window: int, *, started_at_window: 
     with ctx.sessions() as s:
         repo.open_window(s, window=start)
     return start
+
+
+def genesis_rank(meta: Any, hotkey: str) -> int | None:
+    """This hotkey's place among permit holders by stake (ties by hotkey), commitments or not.
+
+    Counting validators that have not committed yet matters at start-up: the highest-stake
+    validator may be a few seconds slower to commit, and must still be the one waited for.
+    """
+    ranked = sorted((-float(s), hk) for hk, s, p in zip(meta.hotkeys, meta.stakes, meta.validator_permit,
+                                                         strict=True) if p)
+    return next((i for i, (_s, hk) in enumerate(ranked) if hk == hotkey), None)
 
 
 _said: list[str] = []

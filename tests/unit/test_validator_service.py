@@ -106,3 +106,11 @@ def test_a_validator_that_joins_late_warms_up_before_setting_weights(tmp_path: P
     assert [w for w in range(12, 20) if warming_up(late, w)] == [12, 13, 14, 15]  # weights from 12 + 5 - 1
     at_genesis = SimpleNamespace(model=SimpleNamespace(genesis_window=12), sessions=sessions, hp=hp)
     assert not warming_up(at_genesis, 12)
+
+
+def test_genesis_waits_for_higher_stake_validators_that_have_not_committed_yet() -> None:
+    from types import SimpleNamespace
+
+    meta = SimpleNamespace(hotkeys=["b", "a", "c", "m"], stakes=[700.0, 1000.0, 700.0, 0.0],
+                           validator_permit=[True, True, True, False])
+    assert [service.genesis_rank(meta, hk) for hk in ("a", "b", "c", "m")] == [0, 1, 2, None]
