@@ -4,8 +4,8 @@ Window W is scored once the chain is in W+1 *and* the chain time has passed W's 
 the upload grace (uploads stamped within the grace still count). Windows missed while the
 validator was down are caught up in order from the database's view
 (``repo.windows_to_score``), at most ``catch_up`` per pass; windows older than
-``max_lookback`` are closed with an empty aggregate (theta unchanged) so the published
-chain of aggregates never has a hole that miners could not sync across.
+``max_lookback`` are closed without evaluation (theta follows what the other validators
+decided for them, or stays unchanged if nobody proposed in time).
 
 Before each pass the validator moves theta as far as the subnet's decided history goes
 (``protocol.follow``): it copies each applied aggregate into its own store, so miners and
