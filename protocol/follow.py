@@ -411,7 +411,7 @@ class Follower:
         return True
 
     def publish_genesis(self, window: int) -> GlobalModel:
-        """Start the subnet's history: the initial weights as theta_window, this validator publishing."""
+        """Start the subnet's history: the initial weights as theta_window, signed by this validator."""
         if self.own is None:
             raise OutOfSync("only a validator can publish the genesis checkpoint")
         # No sticky publisher: the first window goes to the top of the ranking, so two validators
