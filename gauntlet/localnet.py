@@ -6,7 +6,7 @@ real processes: one or more validators of decreasing stake (each restarted if it
 a service manager would; ``--late-validator K`` starts the last one K windows late), a
 Stage-2 worker when Redis is configured, the score API of the first validator, honest
 miners of increasing effort (inner steps), and one miner per adversarial mode
-(``miner.adversaries``). Each scored window is printed as a table read from the first
+(``testing.adversaries``, found through ``miner.modes``). Each scored window is printed as a table read from the first
 validator's database, and with several validators a line per validator: its last scored
 window, whether its model hash matches, whom it follows, and how its weights agree with
 the others'. At the end come the leaderboard, the on-chain incentives after an epoch and
@@ -65,30 +65,46 @@ class Peer:
     kind: str  # "honest" or "adversary"
     mode: str
     steps: int
-    target: str | None = None  # name of the victim peer
+    targets: tuple[str, ...] = ()  # names of the victim peers, passed as --target each
 
 
 def plan_peers(honest: int, adversaries: str) -> list[Peer]:
-    """Honest miners with 2, 4, 8, ... inner steps, then one process per adversary mode."""
-    from miner.adversaries import ADVERSARY_MODES
+    """Honest miners with 1, 2, 4, ... inner steps, then one process per adversary mode.
 
-    peers = [Peer(f"honest-{2 << i}", "honest", "honest", 2 << i) for i in range(honest)]
+    The modes are whatever ``miner.modes`` has registered (entry points), so a new mode
+    joins ``--adversaries all`` without an edit here.
+    """
+    from miner.modes import adversary_names, resolve
+
+    valid = adversary_names()
+    peers = [Peer(f"honest-{1 << i}", "honest", "honest", 1 << i) for i in range(honest)]
     if adversaries == "none":
         modes: list[str] = []
     elif adversaries == "all":
-        modes = list(ADVERSARY_MODES)
+        modes = list(valid)
+        if not modes:
+            raise typer.BadParameter("no adversary modes are registered (reinstall the package: pip install -e .)")
     else:
         modes = [m.strip() for m in adversaries.split(",") if m.strip()]
-        unknown = sorted(set(modes) - set(ADVERSARY_MODES))
+        unknown = sorted(set(modes) - set(valid))
         if unknown:
-            raise typer.BadParameter(f"unknown adversary mode(s) {unknown}; valid: {', '.join(ADVERSARY_MODES)}")
-    victim = peers[-1].name if peers else None  # the strongest honest miner is the one worth copying
+            raise typer.BadParameter(f"unknown adversary mode(s) {unknown}; valid: {', '.join(valid)}")
+    strongest = tuple(p.name for p in reversed(peers))  # the strongest honest miners are the ones worth copying
     for mode in modes:
         if mode == "sybil":
-            peers += [Peer("sybil-a", "adversary", "sybil", 1, victim), Peer("sybil-b", "adversary", "sybil", 1, "sybil-a")]
+            peers += [Peer("sybil-a", "adversary", "sybil", 1, strongest[:1]),
+                      Peer("sybil-b", "adversary", "sybil", 1, ("sybil-a",))]
+            continue
+        if mode == "multi-copy":
+            targets = strongest[:2]
+        elif mode in ("copycat", "copycat-noise", "replay"):
+            targets = strongest[:1]
         else:
-            target = victim if mode in ("copycat", "copycat-noise", "replay") else None
-            peers.append(Peer(mode, "adversary", mode, 1, target))
+            targets = ()
+        need = int(getattr(resolve(mode), "needs_targets", 0))
+        if len(targets) < need:
+            raise typer.BadParameter(f"adversary mode {mode!r} copies {need} honest miner(s); use --honest {need} or more")
+        peers.append(Peer(mode, "adversary", mode, 1, targets))
     return peers
 
 
@@ -202,8 +218,8 @@ class LocalNet:
         sup.start("api", [*gauntlet, "api", "--port", str(self.api_port)], venv)
         for p in peers:
             argv = [*gauntlet, "miner", "run", "--wallet-name", "miners", "--hotkey", p.name, "--mode", p.mode, "--inner-steps", str(p.steps)]
-            if p.target:
-                argv += ["--target", self.hotkeys[p.target]]
+            for target in p.targets:
+                argv += ["--target", self.hotkeys[target]]
             sup.start(p.name, argv, self.env(f"file://{self.run_dir / 'store' / p.name}"))
 
     # ---------------------------------------------------------------- run
@@ -321,7 +337,7 @@ def create_wallet_hotkey(wallets: Path, name: str) -> Any:
 
 def localnet(
     windows: int = typer.Option(6, "--windows", help="Windows to score before stopping."),
-    honest: int = typer.Option(3, "--honest", help="Honest miners (2, 4, 8, ... inner steps)."),
+    honest: int = typer.Option(3, "--honest", help="Honest miners (1, 2, 4, ... inner steps)."),
     adversaries: str = typer.Option("all", "--adversaries", help="all, none, or a comma list of modes."),
     block_time: float = typer.Option(0.5, "--block-time", help="Seconds per local-chain block."),
     blocks_per_window: int = typer.Option(60, "--blocks-per-window", help="Blocks per window (60 x 0.5s = 30s)."),

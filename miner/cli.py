@@ -28,8 +28,9 @@ def run(
     windows: int | None = typer.Option(None, "--windows", help="Stop after N windows (default: forever)."),
     metrics_port: int | None = typer.Option(None, "--metrics-port"),
     state_dir: Path | None = typer.Option(None, "--state-dir", help="Default: <home>/miner/<hotkey>."),
-    mode: str = typer.Option("honest", "--mode", help="honest, or an adversarial mode (miner.adversaries)."),
-    target: str | None = typer.Option(None, "--target", help="Victim hotkey of copycat/sybil/replay modes."),
+    mode: str = typer.Option("honest", "--mode", help="honest, or a registered mode (miner.modes)."),
+    target: list[str] | None = typer.Option(
+        None, "--target", help="Victim hotkey(s) of copying modes; repeat or comma-separate (copiers use the first)."),
     inner_steps: int | None = typer.Option(None, "--inner-steps", help="This miner's effort (default: hparams)."),
 ) -> None:
     """Train every window and upload a signed, compressed pseudo-gradient before its deadline."""
@@ -40,7 +41,7 @@ def run(
 
     try:
         miner, info = _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, netuid, register,
-                             device, windows, metrics_port, state_dir, mode, target, inner_steps)
+                             device, windows, metrics_port, state_dir, mode, split_targets(target), inner_steps)
     except MinerSetupError as exc:
         typer.echo(f"gauntlet miner: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -52,14 +53,19 @@ def run(
         mdist.shutdown(info)
 
 
+def split_targets(values: list[str] | None) -> list[str]:
+    """``--target A --target B,C`` -> ``[A, B, C]``: both spellings, order kept, blanks dropped."""
+    return [t.strip() for v in values or () for t in v.split(",") if t.strip()]
+
+
 def _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, netuid, register,
-           device, windows, metrics_port, state_dir, mode="honest", target=None, inner_steps=None):
+           device, windows, metrics_port, state_dir, mode="honest", targets=None, inner_steps=None):
     import logging
 
     from miner import distributed as mdist
-    from miner.adversaries import build_miner, miner_class
     from miner.loop import MinerOptions
     from miner.metrics import MinerMetrics
+    from miner.modes import build_miner, resolve
     from miner.setup import (
         MinerSetupError,
         connect_chain,
@@ -77,7 +83,7 @@ def _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, ne
                                  wallet_path=wallet_path, chain=chain, storage=storage, netuid=netuid,
                                  metrics_port=metrics_port)
         hp = load_hparams(settings.hparams)
-        miner_class(mode)
+        resolve(mode)
         if inner_steps is not None:
             hp = hp.override(**{"inner.steps": inner_steps})
     except (SettingsError, HParamsError, ValueError) as exc:
@@ -105,7 +111,7 @@ def _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, ne
     )
     try:
         miner = build_miner(mode, hp, chain_, keypair, options, pages=pages, storage=storage_, metrics=metrics,
-                            dist=info, target=target)
+                            dist=info, targets=targets)
     except ValueError as exc:
         raise MinerSetupError(str(exc)) from None
     return miner, info

@@ -92,12 +92,6 @@ class ScoringParams(_Strict):
     eval_step_scale: float = Field(
         0.8, gt=0, description="Evaluation step = scale x outer lr (0.8 x 0.25 = 0.2, the step benchmarks/effort.py measured)."
     )
-    eval_clip_ratio: float = Field(
-        3.0, ge=1,
-        description="The evaluated delta's norm is capped at this x the window's median norm: loose enough that "
-        "effort shows (honest norms spread ~3x, benchmarks/effort.py), tight enough that inflating a delta "
-        "buys at most this factor.",
-    )
     indicator_alpha: float = Field(0.05, gt=0, le=1, description="bma <- (1-a)*bma + a*indicator.")
     indicator_margin: float = Field(
         0.0, ge=0,

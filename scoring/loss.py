@@ -7,10 +7,14 @@ and on *random* pages the peer could not predict:
 * **contribution** = ``(L_before_rand - L_after_rand) / L_before_rand``: relative so that it
   is comparable across windows while the loss falls; measured on random data so that
   memorising the assigned pages earns nothing.
-* **indicator** = +1 if the relative improvement on assigned data beats the one on random
-  data by a margin, else -1 (a tie is -1: a peer must *show* it trained on its pages). Its
-  moving average ``bma ← (1 - alpha)·bma + alpha·indicator`` (alpha = 0.05) is the
-  proof-of-work term. ``margin`` (default 0, the reference's plain comparison) can demand
+* **indicator** = the mean over the evaluated assigned pages of ±1: +1 for a page whose
+  relative improvement beats the one on random data by a margin, else -1 (a tie is -1: a
+  peer must *show* it trained on each page). The reference compared the pages' mean once,
+  so a miner that trained on one of two pages (and on someone else's for the other) still
+  scored +1 whenever the trained page carried the mean; per page, the untrained one is a
+  coin and the window's indicator falls to about half of an honest miner's. Its moving
+  average ``bma ← (1 - alpha)·bma + alpha·indicator`` (alpha = 0.05) is the proof-of-work
+  term, a test across windows rather than one ±1 per window. ``margin`` (default 0, the reference's plain comparison) can demand
   more. It cannot demand much: honest ratios of assigned to random gain fall over a run as
   error feedback mixes older windows' pages into each upload (about 2 in a localnet's first
   scored window, 1.05-1.27 by the fourth to sixth, four evaluation pages), while a miner that
@@ -38,6 +42,7 @@ __all__ = [
     "contribution",
     "first_order_estimate",
     "indicator",
+    "page_indicator",
     "relative_improvement",
     "update_bma",
 ]
@@ -68,12 +73,19 @@ def indicator(assigned_improvement: float, random_improvement: float, margin: fl
     return 1 if assigned_improvement - random_improvement > margin * abs(random_improvement) else -1
 
 
-def update_bma(bma: float, indicator: int, alpha: float) -> float:
+def page_indicator(page_improvements: list[float], random_improvement: float, margin: float = 0.0) -> float:
+    """Mean of :func:`indicator` over the assigned pages, in [-1, 1]; -1 when there are none."""
+    if not page_improvements:
+        return -1.0
+    return sum(indicator(p, random_improvement, margin) for p in page_improvements) / len(page_improvements)
+
+
+def update_bma(bma: float, indicator: float, alpha: float) -> float:
     """Exponential moving average of the indicator: ``(1 - alpha)·bma + alpha·indicator``."""
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
-    if indicator not in (-1, 1):
-        raise ValueError(f"indicator must be +1 or -1, got {indicator}")
+    if not (math.isfinite(indicator) and -1 <= indicator <= 1):
+        raise ValueError(f"indicator must be in [-1, 1], got {indicator}")
     return (1 - alpha) * bma + alpha * indicator
 
 

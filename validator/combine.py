@@ -7,7 +7,8 @@ file maps DB rows in and :class:`PeerOutcome` rows out, with no I/O of its own.
 Per registered peer, exactly one of:
 
 * **evaluated** (passed both stages): contribution = relative improvement of the random
-  loss; indicator = +1 if the assigned improvement beats the random one, else -1;
+  loss; indicator = mean over the assigned pages of +1 where the page's improvement beats the
+  random one, else -1;
   bma <- (1-a) bma + a indicator; the OpenSkill (Plackett-Luce) update ranks all evaluated
   peers of the window by contribution; final = max(0, ordinal) x max(0, bma) x sync_score
   (``scoring.final``).
@@ -151,8 +152,12 @@ def combine_window(
         ind = sync = None
         if hk in evaluated:
             r = evaluated[hk]
-            ind = loss.indicator(loss.relative_improvement(r.loss_before_assigned, r.loss_after_assigned),
-                                 contributions[hk], sp.indicator_margin)
+            if r.page_losses:  # per page: training on part of the assigned pages shows (scoring.loss)
+                ind = loss.page_indicator([loss.relative_improvement(b, a) for b, a in r.page_losses],
+                                          contributions[hk], sp.indicator_margin)
+            else:
+                ind = loss.indicator(loss.relative_improvement(r.loss_before_assigned, r.loss_after_assigned),
+                                     contributions[hk], sp.indicator_margin)
             sync = fin.sync_score(stage1.accepted[hk].steps_behind, sp.sync_max_behind, sp.sync_exponent)
             verdict = fin.WindowOutcome.evaluated(window, new_ratings[hk], loss.update_bma(p.bma, ind, sp.indicator_alpha),
                                                   sync)

@@ -8,9 +8,9 @@ For window W every evaluated peer gets:
   predict; one random set per window, shared by all peers, so their scores compare.
 
 "After" means theta_W with the evaluation step applied: theta - eta * c * delta, where
-eta = ``eval_step_scale`` x outer lr and c = min(1, cap / norm) with cap =
-``eval_clip_ratio`` x the window's median norm: loose enough that effort shows, tight
-enough that inflating a delta buys at most that factor (the aggregate clips to the median).
+eta = ``eval_step_scale`` x outer lr and c = median norm / norm brings every delta to the
+window's median norm (``scoring.scale``): the size a miner sends changes nothing, only its
+direction is scored, exactly as the aggregate will apply it.
 
 Sharing and exactness: the "before" losses are computed once per page id and cached for
 the window. The delta is applied in place to one model copy and undone by writing back
@@ -52,7 +52,7 @@ class EvalJob:
 
     hotkey: str
     update: SparseUpdate
-    step: float  # eta * clip factor: theta_after = theta - step * delta
+    step: float  # eta * median / norm: theta_after = theta - step * delta
     assigned_page_ids: tuple[int, ...]
 
 
@@ -65,16 +65,18 @@ class EvalResult:
     loss_after_random: float
     estimate: float  # first-order predicted change of the random loss (negative = better)
     seconds: float
+    #: (before, after) per assigned page, in ``EvalJob.assigned_page_ids`` order: the per-page
+    #: proof-of-work evidence (``scoring.loss.page_indicator``).
+    page_losses: tuple[tuple[float, float], ...] = ()
 
-    def as_dict(self) -> dict[str, float | str]:
+    def as_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__slots__}
 
-
-def clip_step(norm: float, median_norm: float | None, eta: float) -> float:
-    """eta x min(1, median / norm): the evaluation step of a delta of this norm."""
-    if median_norm is None or norm <= 0 or norm <= median_norm:
-        return eta
-    return eta * (median_norm / norm)
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> EvalResult:
+        """The inverse of :meth:`as_dict` after a JSON round trip (lists back to tuples)."""
+        pages = tuple((float(b), float(a)) for b, a in data.get("page_losses", ()))  # type: ignore[attr-defined]
+        return cls(**{**data, "page_losses": pages})  # type: ignore[arg-type]
 
 
 def eval_subset(assigned: Sequence[int], count: int, *, seed: bytes, hotkey: str) -> tuple[int, ...]:
@@ -164,6 +166,9 @@ class WindowEvaluator:
         finally:
             restore(saved)
         n = assigned.shape[0]
+        after = losses[:n].chunk(len(job.assigned_page_ids)) if n else ()
+        page_losses = tuple((float(self._before[p].double().mean()), float(a.mean()))
+                            for p, a in zip(job.assigned_page_ids, after, strict=True))
         return EvalResult(
             hotkey=job.hotkey,
             loss_before_assigned=before_assigned,
@@ -172,4 +177,5 @@ class WindowEvaluator:
             loss_after_random=float(losses[n:].mean()),
             estimate=estimate,
             seconds=time.perf_counter() - t0,
+            page_losses=page_losses,
         )

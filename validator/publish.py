@@ -1,7 +1,7 @@
 """This validator's proposed outer step for a window (``protocol.follow`` decides whose is applied).
 
-P_W = outer lr x robust_aggregate(clipped deltas of the top ``outer.max_peers`` evaluated
-peers that improved the random loss), signed at ``proposal_key(W)`` with the base and result
+P_W = outer lr x robust_aggregate(the top ``outer.max_peers`` evaluated peers that improved
+the random loss, each brought to the window's median norm as Stage 2 scored it, ``scoring.scale``), signed at ``proposal_key(W)`` with the base and result
 model hashes (possibly empty: then the result is theta_W). Every validator proposes; the
 follower rule picks the publisher's proposal, or the next validator's at failover, so a
 follower's proposal is what keeps the subnet going the window its publisher dies.
@@ -49,24 +49,27 @@ class Published:
     reused: bool = False
 
 
-def robust_aggregate(updates: Sequence[SparseUpdate], shapes: Mapping[str, tuple[int, ...]], hp: HParams
-                     ) -> dict[str, torch.Tensor]:
-    """Dense aggregate of sparse deltas: clip to the median norm, then the configured rule."""
+def robust_aggregate(updates: Sequence[SparseUpdate], shapes: Mapping[str, tuple[int, ...]], hp: HParams,
+                     median_norm: float | None) -> dict[str, torch.Tensor]:
+    """Dense aggregate of sparse deltas, each scaled to ``median_norm``, combined by the configured rule."""
     from scoring.aggregate import aggregate
+    from scoring.scale import normalising_factor
 
     dense = []
     for update in updates:
+        norm = float(torch.sqrt(sum(torch.sum(val.double() ** 2) for _idx, val in update.values())))
+        factor = normalising_factor(norm, median_norm)
         d = {}
         for name, shape in shapes.items():
             t = torch.zeros(int(torch.Size(shape).numel()), dtype=torch.float32)
             if name in update:
                 idx, val = update[name]
-                t.index_copy_(0, idx, val)
+                t.index_copy_(0, idx, val * factor)
             d[name] = t.view(shape)
         dense.append(d)
     if not dense:
         return {}
-    return aggregate(dense, rule=hp.outer.rule, trim_fraction=hp.outer.trim_fraction, clip_to_median=True)
+    return aggregate(dense, rule=hp.outer.rule, trim_fraction=hp.outer.trim_fraction)
 
 
 def _existing(storage: Storage, hotkey: str, window: int, model: GlobalModel) -> Published | None:
@@ -90,7 +93,7 @@ def publish_proposal(storage: Storage, keypair: Any, window: int, model: GlobalM
     if published is not None:
         return published
     peers = outcome.ranked_for_aggregate(hp.outer.max_peers)
-    agg = robust_aggregate([s1.accepted[hk].decoded.update for hk in peers], model.shapes, hp)
+    agg = robust_aggregate([s1.accepted[hk].decoded.update for hk in peers], model.shapes, hp, s1.median_norm)
     update = dense_to_update(agg, lr=hp.outer.lr)
     nxt = model.copy()
     apply_update(nxt.state, update)

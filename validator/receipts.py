@@ -59,6 +59,10 @@ def build_receipts(
                      estimate=res.estimate, contribution=out.contribution, indicator=out.indicator,
                      eval_seconds=res.seconds)
             r["details"]["exact_change_random"] = res.loss_after_random - res.loss_before_random
+            if res.page_losses and hk in jobs:
+                r["details"]["assigned_pages"] = [
+                    {"page": p, "before": b, "after": a}
+                    for p, (b, a) in zip(jobs[hk].assigned_page_ids, res.page_losses, strict=True)]
         rej = s1.rejected.get(hk)
         if rej is not None:
             r.update(reject_reason=rej.reason, reject_detail=rej.detail or None, copy_of_hotkey=rej.copy_of,

@@ -22,9 +22,10 @@ import torch
 from protocol.global_model import GlobalModel
 from protocol.hparams import HParams
 from protocol.model import Model, ModelConfig, rope_tables
+from scoring.scale import normalising_factor
 from validator import metrics
 from validator.collect import Collected
-from validator.evaluate import EvalJob, EvalResult, PageSource, WindowEvaluator, clip_step, eval_subset
+from validator.evaluate import EvalJob, EvalResult, PageSource, WindowEvaluator, eval_subset
 from validator.stage1 import Stage1Result
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,7 @@ def plan_stage2(
     for hk in sorted(s1.accepted):
         cand = s1.accepted[hk]
         pages = eval_subset(assigned[hk], hp.data.eval_pages, seed=seed, hotkey=hk)
-        # Clipping to the median itself equalised deltas and hid effort (benchmarks/effort.py);
-        # a cap at a multiple of the median keeps effort visible and bounds norm inflation.
-        cap = hp.scoring.eval_clip_ratio * s1.median_norm if s1.median_norm else None
-        step = clip_step(cand.decoded.norm, cap, eta)
+        step = eta * normalising_factor(cand.decoded.norm, s1.median_norm)  # size never pays (scoring.scale)
         plan.jobs.append(EvalJob(hk, cand.decoded.update, step, pages))
         plan.remote[hk] = {"window": window, "hotkey": hk, "url": collected[hk].url,
                            "payload_hash": cand.payload_hash, "step": step, "assigned_page_ids": list(pages),

@@ -54,7 +54,7 @@ class QueueDispatcher:
             if wanted <= set(got):
                 break
             time.sleep(self.poll_s)
-        return {hk: EvalResult(**r["result"]) for hk, r in got.items() if hk in wanted and r.get("ok")}
+        return {hk: EvalResult.from_dict(r["result"]) for hk, r in got.items() if hk in wanted and r.get("ok")}
 
 
 @dataclass

@@ -155,6 +155,6 @@ def test_validator_killed_mid_window_recovers(tmp_path: Path) -> None:
     assert summary["peers"][ranked[0]]["kind"] == "honest"
     # Effort order. Only these two are evaluated here, so honest-2 is the window's worst evaluated
     # peer: it sets the floor of scoring.final_score and may earn 0 (by design).
-    assert summary["peers"]["honest-4"]["weight"] > summary["peers"]["honest-2"]["weight"]
+    assert summary["peers"]["honest-2"]["weight"] > summary["peers"]["honest-1"]["weight"]
     for n in ("copycat", "free-rider-zero"):
         assert summary["peers"][n]["weight"] <= 0.01 and summary["incentive"][n] <= 0.01

@@ -26,7 +26,6 @@ def test_defaults_unchanged() -> None:
     # The outer step and the evaluation step measured in benchmarks/RESULTS.md.
     assert (hp.outer.rule, hp.outer.lr) == ("selected_mean", 0.25)
     assert hp.scoring.eval_step_scale * hp.outer.lr == 0.2
-    assert hp.scoring.eval_clip_ratio == 3.0
 
 
 def test_unknown_key_is_an_error(tmp_path: Path) -> None:

@@ -59,8 +59,8 @@ def test_update_bma_sequence() -> None:
     assert update_bma(0.7, -1, 1.0) == -1.0
 
 
-@pytest.mark.parametrize(("ind", "alpha"), [(0, 0.05), (2, 0.05), (1, 0.0), (1, 1.5)])
-def test_update_bma_rejects_bad_inputs(ind: int, alpha: float) -> None:
+@pytest.mark.parametrize(("ind", "alpha"), [(float("nan"), 0.05), (2, 0.05), (-1.5, 0.05), (1, 0.0), (1, 1.5)])
+def test_update_bma_rejects_bad_inputs(ind: float, alpha: float) -> None:
     with pytest.raises(ValueError):
         update_bma(0.0, ind, alpha)
 
@@ -96,3 +96,16 @@ def test_first_order_estimate_matches_a_quadratic_for_small_steps() -> None:
 def test_first_order_estimate_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="shapes differ"):
         first_order_estimate(torch.zeros(3), torch.zeros(4), 0.2)
+
+
+def test_page_indicator_hand_computed() -> None:
+    """Per page, not on the pages' mean: one trained page of two no longer carries the window."""
+    from scoring.loss import page_indicator
+
+    # Pages improve 0.30 and 0.01, random 0.02: the mean (0.155) beats random, the second page does not.
+    assert page_indicator([0.30, 0.01], 0.02) == 0.0
+    assert page_indicator([0.30, 0.05, 0.04, 0.03], 0.02) == 1.0
+    assert page_indicator([0.30, 0.05, 0.01, 0.02], 0.02) == 0.0  # a tie is -1
+    assert page_indicator([0.021, 0.05], 0.02, margin=0.1) == 0.0  # 0.001 < 10% of 0.02
+    assert page_indicator([], 0.02) == -1.0
+    assert update_bma(0.0, 0.5, 0.05) == pytest.approx(0.025)

@@ -1,4 +1,4 @@
-"""Stage 2 evaluation: exact restore, shared "before" losses, clipping and the first-order estimate.
+"""Stage 2 evaluation: exact restore, shared "before" losses, scale invariance, per-page evidence, first-order estimate.
 
 Run: ``pytest tests/unit/test_validator_evaluate.py -q``
 """
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from protocol.model import ModelConfig, build_model
-from validator.evaluate import EvalJob, WindowEvaluator, apply_in_place, clip_step, eval_subset, restore
+from scoring.scale import normalising_factor
+from validator.evaluate import EvalJob, EvalResult, WindowEvaluator, apply_in_place, eval_subset, restore
 
 CFG = ModelConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, mlp_hidden=32, max_seq_len=16)
 
@@ -38,10 +39,44 @@ def _delta(model: torch.nn.Module, seed: int, keep: int = 20) -> dict[str, tuple
     return out
 
 
-def test_clip_step_hand_computed() -> None:
-    assert clip_step(norm=2.0, median_norm=4.0, eta=0.2) == 0.2  # below the median: unclipped
-    assert clip_step(norm=8.0, median_norm=4.0, eta=0.2) == pytest.approx(0.1)  # 0.2 * 4/8
-    assert clip_step(norm=3.0, median_norm=None, eta=0.5) == 0.5
+def test_normalising_factor_hand_computed() -> None:
+    assert normalising_factor(norm=2.0, median_norm=4.0) == 2.0  # below the median: brought up to it
+    assert normalising_factor(norm=8.0, median_norm=4.0) == 0.5  # above: brought down
+    assert normalising_factor(norm=3.0, median_norm=None) == 1.0  # no reference
+    assert normalising_factor(norm=0.0, median_norm=4.0) == 1.0  # nothing to scale
+    with pytest.raises(ValueError):
+        normalising_factor(norm=1.0, median_norm=0.0)
+
+
+def _norm(delta: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> float:
+    return float(torch.sqrt(sum((v.double() ** 2).sum() for _i, v in delta.values())))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_scaled_delta_scores_like_the_original(seed: int) -> None:
+    """Property: k x delta gets the same losses as delta for random k in [0.1, 100] (scoring.scale)."""
+    k = float(10 ** torch.empty(1).uniform_(-1, 2, generator=torch.Generator().manual_seed(seed)))
+    model = build_model(CFG, seed=3)
+    ev = WindowEvaluator(model, FakePages(), random_page_ids=[7, 8])
+    delta = _delta(model, 10 + seed)
+    scaled = {n: (i, v * k) for n, (i, v) in delta.items()}
+    median = 0.8 * _norm(delta)  # the window's median, from other peers
+    results = [ev.evaluate(EvalJob(hk, d, 0.2 * normalising_factor(_norm(d), median), (1, 2)))
+               for hk, d in (("a", delta), ("b", scaled))]
+    for key in ("loss_after_random", "loss_after_assigned"):
+        assert getattr(results[0], key) == pytest.approx(getattr(results[1], key), rel=1e-5, abs=1e-6), (k, key)
+
+
+def test_page_losses_are_per_assigned_page_and_survive_json() -> None:
+    model = build_model(CFG, seed=3)
+    ev = WindowEvaluator(model, FakePages(), random_page_ids=[7, 8])
+    r = ev.evaluate(EvalJob("a", _delta(model, 4), 0.2, (1, 2, 5)))
+    assert len(r.page_losses) == 3
+    assert sum(b for b, _a in r.page_losses) / 3 == pytest.approx(r.loss_before_assigned, rel=1e-9)
+    assert sum(a for _b, a in r.page_losses) / 3 == pytest.approx(r.loss_after_assigned, rel=1e-6)
+    import json
+
+    assert EvalResult.from_dict(json.loads(json.dumps(r.as_dict()))) == r
 
 
 def test_apply_and_restore_is_bit_exact() -> None:

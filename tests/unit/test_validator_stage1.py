@@ -100,9 +100,9 @@ def test_banned_and_uncollected_peers_get_their_reason() -> None:
 def test_wire_rejections_keep_their_meaning() -> None:
     from bittensor.sp_core import Keypair
 
-    from miner.adversaries import poison_tables
     from protocol.codec import CodecConfig, encode
     from protocol.wire import DeltaMeta, pack_delta
+    from testing.adversaries import poison_tables
     from validator.stage1 import _parse_one
 
     cfg, shapes = CodecConfig(chunk=256, topk=6), {"w": (24, 40), "b": (40,)}

@@ -1,0 +1,254 @@
+"""The miner-mode registry (``miner.modes``) and the adversaries it finds in ``testing.adversaries``.
+
+Modes reach the miner only through entry points, so these tests pin that every declared mode
+resolves, that a mode can be added without editing the miner, and that production code never
+imports the test harness. The new adversaries' core choices (chunk dealing, scaling, pages)
+are checked as pure functions with the real codec and page assignment.
+"""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+import typer
+
+from miner import modes
+from miner.compress import Compressor
+from miner.loop import Miner
+from protocol import codec
+from protocol.hparams import HParams
+from protocol.pages import assigned_pages, training_count
+from testing.adversaries import MultiCopy, PartialPages, Scaled, deal_chunks, partial_pages
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCTION = ("protocol", "miner", "validator", "scoring", "chain", "gauntlet")
+
+
+def _declared() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project["entry-points"][modes.ENTRY_POINT_GROUP]
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private copy of the in-process registrations, so a test's ``register`` does not leak."""
+    monkeypatch.setattr(modes, "_registered", dict(modes._registered))
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+def test_every_declared_mode_resolves_through_entry_points() -> None:
+    declared = _declared()
+    assert {"copycat", "multi-copy", "partial-pages", "scaled-0.3", "scaled-10", "nan"} <= set(declared)
+    assert set(modes.names()) >= {"honest", *declared}
+    assert set(modes.adversary_names()) >= set(declared)
+    assert "honest" not in modes.adversary_names()
+    assert modes.resolve("honest") is Miner
+    for name, value in declared.items():
+        cls = modes.resolve(name)
+        assert issubclass(cls, Miner), name
+        assert f"{cls.__module__}:{cls.__qualname__}" == value
+
+
+def test_target_needs_are_class_attributes() -> None:
+    need = {n: getattr(modes.resolve(n), "needs_targets", 0) for n in modes.names()}
+    assert need["multi-copy"] == 2
+    assert need["copycat"] == need["copycat-noise"] == need["sybil"] == 1
+    assert need["replay"] == need["honest"] == need["poisoner"] == 0
+
+
+def test_a_registered_mode_is_listed_and_built(registry: None) -> None:
+    class Probe:
+        needs_targets = 2
+        targets: list[str] = []
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.args, self.kwargs, self.configured = args, kwargs, None
+
+        def configure(self, targets: list[str]) -> None:
+            self.configured = list(targets)
+
+    modes.register("test-probe", Probe)
+    assert "test-probe" in modes.names() and "test-probe" in modes.adversary_names()
+    assert modes.resolve("test-probe") is Probe
+    with pytest.raises(ValueError, match="needs 2 --target"):
+        modes.build_miner("test-probe", 1, targets=["a"])
+    built: Any = modes.build_miner("test-probe", 1, x=2, targets=["a", "", "b"])
+    assert (built.args, built.kwargs, built.targets, built.configured) == ((1,), {"x": 2}, ["a", "b"], ["a", "b"])
+    with pytest.raises(ValueError):
+        modes.register("honest", Probe)
+
+
+def test_unknown_mode_names_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown miner mode 'no-such-mode'") as info:
+        modes.resolve("no-such-mode")
+    for name in ("honest", "copycat", "multi-copy", "scaled-3"):
+        assert name in str(info.value)
+
+
+def test_production_never_imports_testing() -> None:
+    for package in PRODUCTION:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    tops = {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    tops = {node.module.split(".")[0]}
+                else:
+                    continue
+                assert "testing" not in tops, f"{path.relative_to(ROOT)}:{node.lineno} imports testing"
+
+
+def test_target_option_takes_repeats_and_commas() -> None:
+    from miner.cli import split_targets
+
+    assert split_targets(None) == []
+    assert split_targets(["a", "b, c", " ,d"]) == ["a", "b", "c", "d"]
+
+
+def test_localnet_plans_every_mode_with_its_victims() -> None:
+    from gauntlet.localnet import plan_peers
+
+    peers = {p.name: p for p in plan_peers(3, "all")}
+    assert [(p.name, p.steps) for p in peers.values() if p.kind == "honest"] == [
+        ("honest-1", 1), ("honest-2", 2), ("honest-4", 4)]
+    assert peers["multi-copy"].targets == ("honest-4", "honest-2")
+    assert peers["copycat"].targets == peers["replay"].targets == ("honest-4",)
+    assert peers["sybil-b"].targets == ("sybil-a",)
+    assert peers["scaled-3"].targets == ()
+    assert {p.mode for p in peers.values() if p.kind == "adversary"} == set(modes.adversary_names())
+    with pytest.raises(typer.BadParameter, match="--honest 2"):
+        plan_peers(1, "multi-copy")
+    with pytest.raises(typer.BadParameter, match=r"valid: .*partial-pages"):
+        plan_peers(1, "copycat,bogus")
+
+
+# ----------------------------------------------------------------------------- multi-copy
+
+
+CFG = codec.CodecConfig(chunk=64, topk=4)
+SHAPES = {"w": (10, 30), "b": (20,), "v": (64,)}  # 5 chunks (last padded), 1 short chunk, 1 full chunk
+
+
+def _sparse_delta(seed: int) -> dict[str, torch.Tensor]:
+    """What a decoded upload is: top-k per chunk, 2-bit values."""
+    g = torch.Generator().manual_seed(seed)
+    return codec.decode(codec.encode({n: torch.randn(s, generator=g) for n, s in SHAPES.items()}, CFG), CFG)
+
+
+def _chunks(t: torch.Tensor) -> torch.Tensor:
+    flat = t.reshape(-1)
+    n = -(-flat.numel() // CFG.chunk)
+    return torch.nn.functional.pad(flat, (0, n * CFG.chunk - flat.numel())).view(n, CFG.chunk)
+
+
+@pytest.mark.parametrize("n_sources", [2, 3])
+def test_chunks_are_dealt_round_robin_from_one_source_each(n_sources: int) -> None:
+    sources = [_sparse_delta(seed) for seed in range(n_sources)]
+    mixed = deal_chunks(sources, CFG.chunk)
+    assert {n: tuple(t.shape) for n, t in mixed.items()} == SHAPES
+    turn = 0
+    for name in SHAPES:
+        mine = _chunks(mixed[name])
+        theirs = [_chunks(s[name]) for s in sources]
+        for c in range(mine.shape[0]):
+            support = mine[c] != 0
+            owners = [i for i, t in enumerate(theirs) if torch.equal(t[c] != 0, support)]
+            assert owners == [turn % n_sources], (name, c)
+            assert torch.equal(mine[c], theirs[turn % n_sources][c])
+            assert int(support.sum()) <= CFG.topk
+            turn += 1
+    again = codec.decode(codec.encode(mixed, CFG), CFG)  # the re-encoding keeps the dealt support
+    for name in SHAPES:
+        assert torch.equal(again[name] != 0, mixed[name] != 0)
+
+
+def test_multi_copy_uses_the_targets_that_uploaded() -> None:
+    hp = HParams().override(**{"codec.chunk": CFG.chunk, "codec.topk": CFG.topk})
+    uploads = {"a": codec.encode(_sparse_delta(1), CFG), "c": codec.encode(_sparse_delta(3), CFG)}
+    miner: Any = MultiCopy.__new__(MultiCopy)
+    miner.targets, miner.compressor, miner.deadline = ["a", "b", "c"], Compressor(hp), lambda w: 0.0
+    miner.fetch_all = lambda hotkeys, window, until: {h: uploads[h] for h in hotkeys if h in uploads}
+    assert miner.train_delta(5, {}, torch.zeros(0)) == {}
+    expected = deal_chunks([codec.decode(uploads["a"], CFG), codec.decode(uploads["c"], CFG)], CFG.chunk)
+    got = codec.decode(miner.encode_delta(5, {}), CFG)
+    for name in SHAPES:
+        assert torch.equal(got[name] != 0, expected[name] != 0)
+    miner.fetch_all = lambda hotkeys, window, until: {}
+    assert miner.train_delta(6, {}, torch.zeros(0)) is None  # nobody uploaded: nothing to send
+
+
+def test_fetch_all_takes_whoever_uploads_before_the_deadline() -> None:
+    import time
+
+    from bittensor.sp_core import Keypair
+
+    from protocol.storage import ObjectNotFound, delta_key
+    from protocol.wire import DeltaMeta, pack_delta
+
+    hp = HParams().override(**{"codec.chunk": CFG.chunk, "codec.topk": CFG.topk})
+    alice, bob = Keypair.create_from_uri("//Alice"), Keypair.create_from_uri("//Bob")
+    meta = DeltaMeta(window=4, hotkey=alice.ss58_address, base_model_hash="ab" * 32, spec_version=hp.spec_version)
+    blobs = {delta_key(4, alice.ss58_address): pack_delta(codec.encode(_sparse_delta(1), CFG), meta, CFG, alice)}
+
+    def get(key: str, *, max_bytes: int) -> bytes:
+        if key not in blobs:
+            raise ObjectNotFound("fake", key)
+        return blobs[key]
+
+    miner: Any = MultiCopy.__new__(MultiCopy)
+    miner.hp, miner.compressor = hp, Compressor(hp)
+    miner.opt = SimpleNamespace(netuid=1, storage_url="file://mine")
+    miner.chain = SimpleNamespace(commitments=lambda netuid: {})
+    miner.storage = SimpleNamespace(get=get)
+    miner.model_shapes = lambda: SHAPES
+    t0 = time.time()
+    taken = miner.fetch_all([alice.ss58_address, bob.ss58_address], 4, until=t0 + 1.0)
+    assert list(taken) == [alice.ss58_address] and time.time() - t0 < 2.0
+    assert miner.fetch_all([bob.ss58_address], -1, until=t0) == {}
+
+
+# ----------------------------------------------------------------------------- scaled
+
+
+def test_scaled_sends_k_times_the_honest_delta() -> None:
+    hp = HParams()
+    g = torch.Generator().manual_seed(7)
+    delta = {"w": torch.randn(64, 200, generator=g) * 1e-3, "b": torch.randn(300, generator=g) * 1e-3}
+    honest: Any = Miner.__new__(Miner)
+    honest.compressor = Compressor(hp)
+    base = codec.decode(honest.encode_delta(0, delta), honest.compressor.cfg)
+    for name in ("scaled-0.3", "scaled-1.5", "scaled-3", "scaled-10"):
+        cls = modes.resolve(name)
+        assert issubclass(cls, Scaled) and cls.factor == float(name.removeprefix("scaled-"))
+        miner: Any = cls.__new__(cls)
+        miner.compressor = Compressor(hp)  # a fresh error-feedback buffer, like the honest one's
+        sent = codec.decode(miner.encode_delta(0, delta), miner.compressor.cfg)
+        for n in delta:
+            assert torch.allclose(sent[n], cls.factor * base[n], rtol=1e-5, atol=0), (name, n)
+
+
+# ----------------------------------------------------------------------------- partial pages
+
+
+@pytest.mark.parametrize("count", [2, 4, 5])
+def test_partial_pages_trains_on_half_of_its_own_pages(count: int) -> None:
+    hotkey, seed, num_pages = "5PartialPagesHotkey", "gauntlet-v1", 400
+    own = set(assigned_pages(9, hotkey, seed, num_pages, count))
+    ids = partial_pages(9, hotkey, seed, num_pages, count)
+    assert len(ids) == len(set(ids)) == count
+    assert sum(i in own for i in ids) == count // 2
+    assert all(0 <= i < training_count(num_pages) for i in ids)
+    assert ids == partial_pages(9, hotkey, seed, num_pages, count)  # deterministic
+    miner: Any = PartialPages.__new__(PartialPages)
+    miner.hp = HParams().override(**{"data.pages_per_window": count, "data.public_seed": seed})
+    miner.hotkey = hotkey
+    miner.pages = SimpleNamespace(num_pages=num_pages, pages=lambda pages: torch.tensor(pages))
+    assert miner.window_tokens(9).tolist() == ids
