@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--ef-beta", type=float, nargs="+", default=[0.95], help="error-feedback decay(s)")
     ap.add_argument("--clip-to-median", action="store_true", help="clip each miner's tensors to the median norm "
                     "before combining (as the validator does)")
+    ap.add_argument("--normalise", action="store_true", help="scale each miner's delta to the median norm before "
+                    "combining (the validator's rule, scoring.scale)")
     ap.add_argument("--outer-warmup", type=int, default=0, help="windows of linear outer-lr warm-up")
     ap.add_argument("--diloco-outer-lr", type=float, nargs="+", default=[0.7])
     ap.add_argument("--diloco-momentum", type=float, default=0.9)
@@ -68,7 +70,8 @@ def main() -> None:
             for lr in args.sparse_outer_lr:
                 name = f"sparseloco({rule},lr={lr}" + (f",beta={beta})" if len(args.ef_beta) > 1 else ")")
                 runs[name] = _run(hp_b, store, SimConfig(mode="sparseloco", outer_lr=lr, rule=rule,  # type: ignore[arg-type]
-                                                         clip_to_median=args.clip_to_median, **base))
+                                                         clip_to_median=args.clip_to_median, normalise=args.normalise,
+                                                         **base))
     if not args.no_diloco:
         for lr in args.diloco_outer_lr:
             runs[f"diloco(lr={lr})"] = _run(hp, store, SimConfig(mode="diloco", outer_lr=lr,

@@ -39,7 +39,8 @@ class SimConfig:
     outer_momentum: float = 0.0  # Nesterov momentum on the mean delta (DiLoCo: 0.9)
     outer_warmup: int = 0  # outer lr ramps linearly over this many windows: lr * (w + 1) / warmup
     rule: Rule = "mean"  # scoring.aggregate rule combining the miners' decoded deltas
-    clip_to_median: bool = False  # clip each miner's tensor to the median norm first (as the validator does)
+    clip_to_median: bool = False  # clip each miner's tensor to the median norm first (the validator's old rule)
+    normalise: bool = False  # scale each miner's whole delta to the median norm (the validator's rule, scoring.scale)
     eval_rows: int = 128
     threads: int | None = None
 
@@ -127,6 +128,8 @@ def simulate(hp: HParams, store: PageStore, cfg: SimConfig,
                 sent_bytes += 4 * n_params
             deltas.append({n: d.reshape(state[n].shape) for n, d in delta.items()})
         with torch.no_grad():
+            if cfg.normalise:
+                deltas = _normalised(deltas)
             combined = aggregate(deltas, cfg.rule, clip_to_median=cfg.clip_to_median)
             del deltas
             step = {}
@@ -144,3 +147,14 @@ def simulate(hp: HParams, store: PageStore, cfg: SimConfig,
     per = cfg.windows * cfg.miners
     return SimResult(cfg.mode, losses, bytes_per_miner_window=sent_bytes / per, compress_s=compress_s / per,
                      train_s=train_s / per, wall_s=time.perf_counter() - t_start)
+
+
+def _normalised(deltas: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """Each delta scaled to the median of their norms, as the validator aggregates (``scoring.scale``)."""
+    import statistics
+
+    from scoring.scale import normalising_factor
+
+    norms = [float(torch.sqrt(sum((t.double() ** 2).sum() for t in d.values()))) for d in deltas]
+    median = statistics.median(norms)
+    return [{n: t * normalising_factor(norm, median) for n, t in d.items()} for d, norm in zip(deltas, norms, strict=True)]

@@ -3,7 +3,9 @@
 One window's loss improvement is noisy (a few pages of data, one evaluation step), so the
 incentive is not paid on it directly. As in Gauntlet (arXiv 2505.21684) every evaluated
 peer is a one-player team in a Plackett-Luce match (Weng & Lin 2011, via ``openskill``),
-ranked by contribution score (higher score = better rank, equal scores share a rank),
+ranked by contribution score (higher score = better rank, equal scores share a rank; scores
+are compared at ``TIE_RESOLUTION`` so that float noise between identical directions, e.g. a
+delta and k times it, cannot decide who wins: far below any measurable loss difference),
 with ``beta = 7`` and ``tau = 0.1`` (``ScoringParams``). Only the *order* of the scores
 enters, so one peer's outlier magnitude cannot swamp the others.
 
@@ -26,6 +28,7 @@ from protocol.hparams import ScoringParams
 __all__ = [
     "DEFAULT_MU",
     "DEFAULT_SIGMA",
+    "TIE_RESOLUTION",
     "Rating",
     "default_rating",
     "ordinal",
@@ -37,6 +40,9 @@ __all__ = [
 #: openskill's Weng-Lin defaults (mu = 25, sigma = mu / 3), so a new peer's ordinal is 0.
 DEFAULT_MU = 25.0
 DEFAULT_SIGMA = DEFAULT_MU / 3
+#: Contribution scores closer than this share a rank (relative improvements are ~1e-4..1e-2;
+#: rounding noise of equal directions is ~1e-8).
+TIE_RESOLUTION = 1e-7
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +71,14 @@ def plackett_luce(params: ScoringParams) -> PlackettLuce:
 
 
 def rank_scores(scores: dict[str, float]) -> dict[str, int]:
-    """Competition ranks, 1 = best: higher score is better, equal scores share the rank (1, 2, 2, 4)."""
+    """Competition ranks, 1 = best: higher score is better, equal scores share the rank (1, 2, 2, 4).
+
+    Scores are first rounded to multiples of :data:`TIE_RESOLUTION`.
+    """
     ranks: dict[str, int] = {}
     rank, last = 0, math.nan
-    for position, (hotkey, score) in enumerate(sorted(scores.items(), key=lambda kv: (-kv[1], kv[0])), 1):
+    grid = {hk: round(score / TIE_RESOLUTION) for hk, score in scores.items()}
+    for position, (hotkey, score) in enumerate(sorted(grid.items(), key=lambda kv: (-kv[1], kv[0])), 1):
         if score != last:
             rank, last = position, score
         ranks[hotkey] = rank

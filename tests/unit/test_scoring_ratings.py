@@ -115,3 +115,11 @@ def test_params_are_used() -> None:
     default_gain = update_ratings({}, {"a": 1.0, "b": 0.0}, P)["a"].mu - DEFAULT_MU
     wide_gain = update_ratings({}, {"a": 1.0, "b": 0.0}, wide)["a"].mu - DEFAULT_MU
     assert 0 < wide_gain < default_gain
+
+
+def test_float_noise_between_equal_directions_is_a_tie() -> None:
+    """A delta and k times it score equal up to ~1e-8: they must share the rank, not race on rounding."""
+    from scoring.ratings import rank_scores
+
+    assert rank_scores({"a": 0.0031, "b": 0.0031 + 1e-9, "c": 0.0031 - 2e-9, "d": 0.0030}) == {
+        "a": 1, "b": 1, "c": 1, "d": 4}
