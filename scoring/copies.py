@@ -1,18 +1,25 @@
 """Copy and replay detection on sparse top-k deltas.
 
-What it decides: whether an upload is a copy of another peer's upload in the same window
-(the *later* uploader by store timestamp is the copier; the earlier one is kept) or a
-replay of any upload from an earlier window, the peer's own old deltas included.
+What it decides: whether an upload is a copy of uploads made before it in the same window
+(the *later* uploader by store timestamp is the copier; the earliest one keeps its score)
+or a replay of uploads from earlier windows. Three criteria, checked in this order:
 
-Similarity is measured two ways, and either one flags (Gauntlet notes: "use value
-sketches, not only index sets"):
-
-* **index overlap** -- mean over chunks of ``|A_c ∩ B_c| / k`` (``copy_overlap_threshold``,
-  0.6). Honest peers training on different data pick top-k sets that barely meet: at random
-  the expected overlap is ``k / chunk = 64 / 4096 ≈ 1.6 %``, and correlated gradients raise
-  that far less than to 0.6, while a sybil or a noisy copy overlaps ≈ 1.
-* **value cosine** of the two sparse vectors (``copy_value_cosine``, 0.95), which catches a
-  copy whose values were rescaled, and confirms what the index sets suggest.
+* **whole-delta replay** -- one earlier-window upload, the peer's own old deltas included,
+  over either threshold below;
+* **whole-delta copy** -- one earlier same-window upload over either threshold:
+  **index overlap**, the mean over chunks of ``|A_c ∩ B_c| / k`` (``copy_overlap_threshold``,
+  0.6), or **value cosine** of the two sparse vectors (``copy_value_cosine``, 0.95; Gauntlet
+  notes: "use value sketches, not only index sets"), which catches rescaled copies. Honest
+  peers training on different data pick top-k sets that barely meet: at random the expected
+  overlap is ``k / chunk = 64 / 4096 ≈ 1.6 %``, while a sybil or a noisy copy overlaps ≈ 1;
+* **coverage** -- ``mean_c max_s |A_c ∩ S_c| / k`` over several earlier uploads ``S``
+  (``copy_coverage_threshold``, 0.5). A delta assembled from chunks of ``m`` peers keeps
+  every chunk's index set intact, so each chunk's best overlap is ≈ 1 while each pair's
+  whole-delta overlap is only ≈ 1/m and passes the two checks above. The peer's *own*
+  history is not a coverage source: with error feedback (beta 0.99) an honest miner's
+  consecutive uploads share indices (≈ 0.4), which only the whole-delta replay check judges.
+  The finding names the source whose chunks add most to the coverage; it is a replay when
+  that source is from an earlier window.
 
 Scaling (128+ peers, plus ``copy_history_windows`` windows of history): comparing every pair
 exactly is O(peers²) sorts of whole deltas. Instead each upload is first reduced to a
@@ -22,7 +29,18 @@ Signed hashing preserves inner products in expectation, so one matrix product gi
 estimate of every pair's overlap and cosine with standard error ≈ ``1/sqrt(dim)``
 (≈ 0.016 at the default ``dim = 4096``), independent of the model size. Only pairs whose
 estimate comes within ``margin`` (0.1, > 6 standard errors) of a threshold are confirmed
-exactly by a batched binary search over sorted rows, and each peer stops at its first confirmed match.
+exactly by a batched binary search over sorted rows, and each peer stops at its first
+confirmed match. For coverage, the candidate sources of a peer are the earlier uploads whose
+overlap estimate reaches ``source_floor`` (0.05): a source dealt 8 % of the chunks estimates
+≈ 0.08 + 0.016 of background, 2.8 standard errors above the floor, while an unrelated
+upload (≈ 0.016) crosses it with probability ≈ 2 %. At most ``max_sources`` (16) of the
+highest estimates are kept, and only if their estimates sum to ``coverage_threshold - margin``
+(coverage is at most the sum of the sources' overlaps). A delta of more than 1,024 chunks is
+then scored on 1,024 random chunks (standard error ≤ 0.016) before the exact pass over all of
+them. Cost: O(total entries) to hash, one ``[peers, peers + history] x dim`` product, and per
+peer that passes the gate at most ``max_sources`` lookups of 1,024·k entries; the exact
+O(max_sources·n_chunks·k·log k) pass runs only for likely copies. An honest window with
+a short history does no exact work at all.
 MinHash was the alternative; it sees only index sets, while the count sketch serves both
 criteria from one mechanism.
 
@@ -45,8 +63,11 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "DEFAULT_COVERAGE_THRESHOLD",
     "DEFAULT_MARGIN",
+    "DEFAULT_MAX_SOURCES",
     "DEFAULT_SKETCH_DIM",
+    "DEFAULT_SOURCE_FLOOR",
     "CopyFinding",
     "PeerSketch",
     "count_sketch",
@@ -61,6 +82,22 @@ __all__ = [
 DEFAULT_SKETCH_DIM = 4096
 #: A pair is confirmed exactly when its estimate is within this of a threshold (> 6 s.e.).
 DEFAULT_MARGIN = 0.1
+#: Coverage (mean over chunks of the best source's overlap) at which an upload is a copy.
+DEFAULT_COVERAGE_THRESHOLD = 0.5
+#: Overlap estimate from which an earlier upload is a coverage source candidate: an 8 % source
+#: estimates >= 0.08 + 0.016 background, 2.8 s.e. above; an unrelated upload crosses it ~2 % of the time.
+DEFAULT_SOURCE_FLOOR = 0.05
+#: Candidate sources computed exactly per peer (the highest estimates): bounds the exact work.
+DEFAULT_MAX_SOURCES = 16
+
+#: A source is listed in a finding when the chunks it best explains add this much to the coverage:
+#: above the ~1.6 % that an unrelated upload scores by chance on the copier's own chunks.
+_MIN_SOURCE_SHARE = 0.02
+
+#: Chunks whose coverage is sampled before the exact pass: s.e. <= 0.5/sqrt(1024) ~ 0.016.
+_COVERAGE_SAMPLE = 1024
+#: Index lookups per batched ``searchsorted`` of the coverage pass (~32 MB of int64).
+_LOOKUP_BATCH = 1 << 22
 
 #: Peers hashed per batch (~2M entries at 1,000 chunks x 64 each): few large ops, bounded memory.
 _SKETCH_BATCH = 32
@@ -120,13 +157,21 @@ class PeerSketch:
 
 @dataclass(frozen=True, slots=True)
 class CopyFinding:
-    """``hotkey``'s upload copies ``of_hotkey``'s upload of ``of_window`` (exact similarities)."""
+    """``hotkey``'s upload copies ``of_hotkey``'s upload of ``of_window`` (exact similarities).
+
+    ``overlap`` and ``cosine`` are the whole-delta similarities with ``of_hotkey``'s upload.
+    ``sources`` lists every contributing ``(hotkey, window)``, largest contribution first, and
+    ``coverage`` is the mean over chunks of their best per-chunk overlap (for a whole-delta
+    finding: the one source and its overlap).
+    """
 
     kind: Literal["copy", "replay"]
     of_hotkey: str
     of_window: int
     overlap: float
     cosine: float
+    sources: tuple[tuple[str, int], ...] = ()
+    coverage: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +208,27 @@ def _merge(a: _Sorted, b: _Sorted) -> tuple[float, float]:
     denom = a.norm * b.norm
     cosine = dot / denom if denom > 0 and math.isfinite(denom) and math.isfinite(dot) else 0.0
     return overlap, cosine
+
+
+def _best_source(mine: Tensor, sources: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per chunk, the highest ``|A_c ∩ S_c| / k`` over ``sources`` and which source has it.
+
+    ``mine`` is ``[n, k]``; each source is ``[n, k]`` with ascending rows. Sources are looked up
+    in groups of about ``_LOOKUP_BATCH`` entries (one batched ``searchsorted`` each): no Python
+    loop over chunks, bounded memory. Ties go to the first source (``argmax``'s first maximum).
+    """
+    n, k = mine.shape
+    per = max(1, _LOOKUP_BATCH // max(1, n * k))
+    rows: list[Tensor] = []
+    for start in range(0, len(sources), per):
+        group = torch.stack(sources[start : start + per])  # [g, n, k]
+        wanted = mine.unsqueeze(0).expand_as(group).contiguous()
+        pos = torch.searchsorted(group, wanted).clamp_(max=k - 1)
+        rows.append((group.gather(2, pos) == wanted).sum(dim=2, dtype=torch.float64) / k)
+    # Duplicate indices inside a row are the parser's to reject; clamp so they cannot push past 1.
+    overlaps = torch.cat(rows).clamp_(max=1.0)  # [m, n]
+    owner = overlaps.argmax(dim=0)
+    return overlaps.gather(0, owner.unsqueeze(0)).squeeze(0), owner
 
 
 def index_overlap(a_idx: Tensor, b_idx: Tensor) -> float:
@@ -235,7 +301,7 @@ def _order_key(p: PeerSketch) -> tuple[int, float, str]:
 
 
 class _Confirmer:
-    """Exact pair checks with each peer's sorted rows computed at most once."""
+    """Exact pair and coverage checks with each peer's sorted rows computed at most once."""
 
     def __init__(self, overlap_threshold: float, cosine_threshold: float) -> None:
         self._thresholds = (overlap_threshold, cosine_threshold)
@@ -257,6 +323,69 @@ class _Confirmer:
                 return other, overlap, cosine
         return None
 
+    def covered(
+        self,
+        peer: PeerSketch,
+        sources: list[PeerSketch],
+        threshold: float,
+        margin: float,
+        gen: torch.Generator,
+    ) -> CopyFinding | None:
+        """A finding naming the largest source when ``sources`` (upload order) cover ``peer`` to ``threshold``.
+
+        A large delta's coverage is first estimated on ``_COVERAGE_SAMPLE`` random chunks (their
+        rows sorted on the fly, so no source is sorted whole), and computed exactly only if that
+        reaches ``threshold - margin``. Chunk ``c`` goes to the source with the highest overlap
+        there (the earliest upload on a tie); a source's share is the sum of the overlaps of the
+        chunks it wins over ``n``, so the shares add up to the coverage. Listed: shares of at
+        least ``_MIN_SOURCE_SHARE``, largest first, and always the largest.
+        """
+        n = peer.indices.shape[0]
+        if n > _COVERAGE_SAMPLE:
+            rows = torch.randperm(n, generator=gen)[:_COVERAGE_SAMPLE]
+            sampled = [torch.sort(s.indices[rows], dim=1).values for s in sources]
+            if float(_best_source(peer.indices[rows], sampled)[0].mean()) < threshold - margin:
+                return None
+        best, owner = _best_source(peer.indices, [self._sorted(s).idx for s in sources])
+        coverage = float(best.mean())
+        if coverage < threshold:
+            return None
+        share = torch.zeros(len(sources), dtype=torch.float64).index_add_(0, owner, best) / n
+        ranked = share.argsort(descending=True, stable=True).tolist()
+        listed = [sources[j] for r, j in enumerate(ranked) if r == 0 or share[j] >= _MIN_SOURCE_SHARE]
+        top = listed[0]
+        overlap, cosine = _merge(self._sorted(peer), self._sorted(top))
+        kind: Literal["copy", "replay"] = "replay" if top.window < peer.window else "copy"
+        named = tuple((s.hotkey, s.window) for s in listed)
+        return CopyFinding(kind, top.hotkey, top.window, overlap, cosine, named, coverage)
+
+
+def _coverage_candidates(
+    est: Tensor,
+    i: int,
+    ordered: list[PeerSketch],
+    history: Sequence[PeerSketch],
+    floor: float,
+    max_sources: int,
+) -> tuple[list[PeerSketch], float]:
+    """Earlier uploads that may have lent chunks to ``ordered[i]``, and their estimates' sum.
+
+    ``est`` is the peer's row of overlap estimates against ``[*ordered, *history]``. Kept: the
+    same-window peers before it, and history from earlier windows under *other* hotkeys (its own
+    old uploads legitimately share indices), with the same shape and an estimate of at least
+    ``floor``; at most ``max_sources`` of the highest, returned in upload order.
+    """
+    peer, n = ordered[i], len(ordered)
+    picked: list[tuple[float, PeerSketch]] = []
+    above = torch.nonzero(est >= floor).flatten()
+    for j, e in zip(above.tolist(), est[above].tolist(), strict=True):
+        other = ordered[j] if j < n else history[j - n]
+        earlier = j < i if j < n else (other.window < peer.window and other.hotkey != peer.hotkey)
+        if earlier and other.indices.shape == peer.indices.shape:
+            picked.append((e, other))
+    picked = sorted(picked, key=lambda e: -e[0])[:max_sources]
+    return sorted((o for _, o in picked), key=_order_key), sum(e for e, _ in picked)
+
 
 def detect_copies(
     peers: Sequence[PeerSketch],
@@ -264,17 +393,21 @@ def detect_copies(
     overlap_threshold: float,
     cosine_threshold: float,
     *,
+    coverage_threshold: float = DEFAULT_COVERAGE_THRESHOLD,
     seed: int = 0,
     dim: int = DEFAULT_SKETCH_DIM,
     margin: float = DEFAULT_MARGIN,
+    source_floor: float = DEFAULT_SOURCE_FLOOR,
+    max_sources: int = DEFAULT_MAX_SOURCES,
 ) -> dict[str, CopyFinding]:
     """Flag copies within ``peers`` (one window) and replays of ``history`` (earlier windows).
 
     A replay is checked first: an upload matching an earlier window is a replay even if a
     same-window peer also sent it. Otherwise the upload is compared with the peers that
     uploaded before it (by ``uploaded_at``, ties broken by hotkey), and the earliest match
-    is named as the original. History entries from the same or a later window than the
-    peer are ignored. Returns findings for flagged hotkeys only.
+    is named as the original. Failing both, its coverage by several earlier uploads is
+    checked (see the module docstring). History entries from the same or a later window
+    than the peer are ignored. Returns findings for flagged hotkeys only.
     """
     hotkeys = [p.hotkey for p in peers]
     if len(set(hotkeys)) != len(hotkeys):
@@ -290,6 +423,8 @@ def detect_copies(
     near = (est_overlap >= overlap_threshold - margin) | (est_cosine >= cosine_threshold - margin)
 
     confirm = _Confirmer(overlap_threshold, cosine_threshold)
+    # The same unpredictable seed picks the chunks that coverage is sampled on.
+    sampler = torch.Generator().manual_seed(seed % (1 << 63))
     findings: dict[str, CopyFinding] = {}
     for i, peer in enumerate(ordered):
         row = near[i].tolist()
@@ -301,5 +436,19 @@ def detect_copies(
             kind = "copy"
         if hit is not None:
             other, overlap, cosine = hit
-            findings[peer.hotkey] = CopyFinding(kind, other.hotkey, other.window, overlap, cosine)
+            single = ((other.hotkey, other.window),)
+            findings[peer.hotkey] = CopyFinding(
+                kind, other.hotkey, other.window, overlap, cosine, single, overlap
+            )
+            continue
+        if peer.indices.numel() == 0:
+            continue
+        sources, est_sum = _coverage_candidates(
+            est_overlap[i], i, ordered, history, source_floor, max_sources
+        )
+        # Coverage is at most the sum of the sources' overlaps: skip the exact work when it cannot reach.
+        if sources and est_sum >= coverage_threshold - margin:
+            finding = confirm.covered(peer, sources, coverage_threshold, margin, sampler)
+            if finding is not None:
+                findings[peer.hotkey] = finding
     return findings

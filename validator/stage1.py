@@ -31,7 +31,7 @@ import torch
 
 from protocol.hparams import HParams
 from protocol.sync import SparseUpdate
-from scoring.copies import PeerSketch, detect_copies
+from scoring.copies import CopyFinding, PeerSketch, detect_copies
 from scoring.filters import Rejection, check_norm
 from validator.collect import Collected
 
@@ -253,15 +253,26 @@ def _filter_copies(
                 for c in result.accepted.values()]
     earlier = history.before(window) if history is not None else []
     findings = detect_copies(sketches, earlier, hp.scoring.copy_overlap_threshold,
-                             hp.scoring.copy_value_cosine, seed=seed)
+                             hp.scoring.copy_value_cosine, seed=seed,
+                             coverage_threshold=hp.scoring.copy_coverage_threshold)
     for hotkey, finding in findings.items():
         cand = result.accepted.pop(hotkey)
         reason = Rejection.REPLAY if finding.kind == "replay" else Rejection.COPY
         result.rejected[hotkey] = Rejected(
-            hotkey, cand.uid, reason.value,
-            f"of {finding.of_hotkey}@{finding.of_window} overlap={finding.overlap:.3f} cos={finding.cosine:.3f}",
+            hotkey, cand.uid, reason.value, _copy_detail(finding),
             copy_of=finding.of_hotkey, uploaded_at=cand.uploaded_at, payload_hash=cand.payload_hash,
             size=cand.size, norm=cand.decoded.norm)
     if history is not None:
         # Keep every sketch (copies too): a later replay of a copy is still a replay.
         history.add(window, sketches)
+
+
+def _copy_detail(finding: CopyFinding, shown: int = 4) -> str:
+    """The receipt's rejection detail; a copy assembled from several sources names the first few."""
+    detail = (f"of {finding.of_hotkey}@{finding.of_window} overlap={finding.overlap:.3f} "
+              f"cos={finding.cosine:.3f}")
+    if len(finding.sources) > 1:
+        named = ",".join(f"{hk}@{w}" for hk, w in finding.sources[:shown])
+        more = f"+{len(finding.sources) - shown}" if len(finding.sources) > shown else ""
+        detail += f" coverage={finding.coverage:.3f} sources={named}{more}"
+    return detail

@@ -1,6 +1,6 @@
 """End-to-end: ``gauntlet localnet`` with real processes (chain, validator, API, honest and hostile miners).
 
-Run A starts every adversary mode next to three honest miners and checks that no cheater is
+Run A starts every registered adversary mode next to three honest miners and checks that no cheater is
 paid (score receipts, last weight set, on-chain incentive), that the validator survived
 every hostile payload, and that the API serves the receipts explaining each rejection.
 Run B kills the validator with SIGKILL mid-window; the localnet supervisor restarts it and
@@ -10,7 +10,6 @@ Each run takes about 3-4 minutes on a 2-core machine.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -74,19 +73,19 @@ def test_adversaries_are_not_paid(tmp_path: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     peers = json.loads((run_dir / "peers.json").read_text())
     honest = [n for n, p in peers.items() if p["kind"] == "honest"]
-    adversaries = [n for n, p in peers.items() if p["kind"] == "adversary"]
+    gamers = [n for n in peers if n.startswith(("scaled-", "partial-pages"))]  # real work, gamed size or pages
+    cheaters = [n for n, p in peers.items() if p["kind"] == "adversary" and n not in gamers]
     weight, incentive = ({n: summary[k][n] if k == "incentive" else summary[k][n]["weight"] for n in peers}
                          for k in ("peers", "incentive"))
-    floor = min(min(weight[n] for n in honest), min(incentive[n] for n in honest))
-    assert floor > 0.1, summary
-    for n in adversaries:  # zero or near zero, far below every honest miner
-        assert weight[n] <= 0.02 and incentive[n] <= 0.02, (n, weight[n], incentive[n])
-        assert weight[n] < floor / 10
+    assert max(weight[n] for n in honest) > 0.1, summary
+    for n in cheaters:  # zero or near zero
+        assert weight[n] <= 0.01 and incentive[n] <= 0.01, (n, weight[n], incentive[n])
+    assert sum(weight[n] for n in honest + gamers) >= 0.98, weight
+    # Gamers do real work (1 inner step like honest-1, scaled by k or on half its pages): which of
+    # these similar miners wins a window is decided by its direction, so their pay is a lottery
+    # among equals here; the exact equality of k x delta and delta is pinned by the unit tests
+    # (test_validator_evaluate) and measured with identical twins in benchmarks/effort.py.
     assert summary["validator_restarts"] == 0  # it survived every hostile payload
-    # Honest miners are ordered by effort (inner steps): measured monotone in every window once the
-    # evaluation step is not clipped to the median norm (benchmarks/effort.py, RESULTS.md "Effort").
-    by_effort = sorted(honest, key=lambda n: peers[n]["steps"])
-    assert all(weight[a] < weight[b] for a, b in itertools.pairwise(by_effort)), {n: weight[n] for n in by_effort}
 
     # The API explains every adversary's result in the last scored window's receipts.
     items = json.loads((run_dir / "receipts.json").read_text())["items"]  # saved from GET .../evaluations
@@ -97,11 +96,13 @@ def test_adversaries_are_not_paid(tmp_path: Path) -> None:
                 "free-rider-zero": {"norm_too_small"}, "malformed": {"malformed"}, "oversized": {"too_large"},
                 "forged": {"bad_signature"}, "nan": {"not_finite"}, "late": {"late", "missing"},
                 "poisoner": {"norm_too_large", None}, "stale": {"out_of_sync"},
-                "wrong-pages": {None}, "free-rider-noise": {None}}
+                "wrong-pages": {None}, "free-rider-noise": {None}, "multi-copy": {"copy", "banned", "missing"},
+                "scaled-0.3": {None}, "scaled-1.5": {None}, "scaled-3": {None}, "scaled-10": {None},
+                "partial-pages": {None}}
     for name, reasons in expected.items():
         _hk, status, reason, score = by_hotkey[peers[name]["hotkey"]]
         assert reason in reasons, (name, status, reason)
-        if reason is None:  # evaluated, and its loss scores earned nothing
+        if reason is None and name not in gamers:  # evaluated, and its loss scores earned nothing
             assert (score or 0.0) <= 0.01, (name, score)
     for n in honest:
         assert by_hotkey[peers[n]["hotkey"]][1] == "accepted", n
@@ -153,8 +154,7 @@ def test_validator_killed_mid_window_recovers(tmp_path: Path) -> None:
     assert len(weight_windows) == len(set(weight_windows))  # weights never set twice for a window
     ranked = sorted(summary["peers"], key=lambda n: -summary["peers"][n]["weight"])
     assert summary["peers"][ranked[0]]["kind"] == "honest"
-    # Effort order. Only these two are evaluated here, so honest-2 is the window's worst evaluated
-    # peer: it sets the floor of scoring.final_score and may earn 0 (by design).
-    assert summary["peers"]["honest-2"]["weight"] > summary["peers"]["honest-1"]["weight"]
+    # Two evaluated peers: the better direction (not the bigger delta, scoring.scale) takes most.
+    assert summary["peers"]["honest-1"]["weight"] + summary["peers"]["honest-2"]["weight"] >= 0.98
     for n in ("copycat", "free-rider-zero"):
         assert summary["peers"][n]["weight"] <= 0.01 and summary["incentive"][n] <= 0.01
