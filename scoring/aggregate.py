@@ -5,7 +5,9 @@ A plain mean lets one peer with a huge or adversarial delta move the model anywh
 loss-based selection only bounds that risk per window. So (Gauntlet notes):
 
 * ``clip_to_median_norm`` scales each peer's tensor down to the median norm of that tensor
-  across peers (as the reference does), so no single peer's scale dominates;
+  across peers (as the reference does), so no single peer's scale dominates. The validator
+  does not use it: it brings every whole delta to the window's median norm before combining,
+  as Stage 2 scored it (``scoring.scale``), so size neither pays nor steers the model;
 * ``aggregate`` then combines coordinate by coordinate with
 
   - ``mean``;
