@@ -39,7 +39,7 @@ from protocol.pages import assigned_pages, default_store, derive_seed, random_ev
 from protocol.sync import apply_update, dense_to_update
 from scoring import final, ratings
 from scoring.loss import contribution, page_indicator, relative_improvement, update_bma
-from scoring.scale import normalising_factor
+from scoring.scale import step_factor
 from scoring.weights import compute_weights
 from validator.evaluate import EvalJob, WindowEvaluator, eval_subset
 from validator.publish import robust_aggregate
@@ -48,10 +48,11 @@ from validator.stage2 import model_from_state
 SCALES = (0.3, 1.5, 3.0, 10.0)
 
 
-def hparams(pages: int = 2, micro_batch: int = 8) -> HParams:
+def hparams(pages: int = 2, micro_batch: int = 8, eval_norm: str = "normalise") -> HParams:
     from gauntlet.localnet import localnet_hparams
 
-    return localnet_hparams(60, 2.0).override(**{"data.pages_per_window": pages, "inner.micro_batch": micro_batch})
+    return localnet_hparams(60, 2.0).override(**{"data.pages_per_window": pages, "inner.micro_batch": micro_batch,
+                                                 "scoring.eval_norm": eval_norm})
 
 
 def _norm(d: dict[str, torch.Tensor]) -> float:
@@ -78,10 +79,11 @@ def spearman(xs: list[float], ys: list[float]) -> float:
     return cov / den if den else 0.0
 
 
-def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_batch: int = 8) -> dict:
+def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_batch: int = 8,
+        eval_norm: str = "normalise") -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    hp = hparams(pages, micro_batch)
+    hp = hparams(pages, micro_batch, eval_norm)
     store = default_store(Path.home() / ".cache" / "gauntlet", hp.data)
     cfg = preset(hp.model)
     state = {n: p.detach().clone() for n, p in build_model(cfg, seed=hp.model_seed).named_parameters()}
@@ -128,7 +130,7 @@ def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_bat
         for name in names:
             who = "honest-4" if name in twins else name  # a twin is honest-4's data, scaled
             pages = eval_subset(own[who], hp.data.eval_pages, seed=wseed, hotkey=who)
-            step = eta * normalising_factor(norms[name], median)
+            step = eta * step_factor(norms[name], median, hp.scoring.eval_norm, hp.scoring.eval_clip_ratio)
             r = ev.evaluate(EvalJob(name, dense_to_update(decoded[name]), step, pages))
             contrib[name] = contribution(r.loss_before_random, r.loss_after_random)
             ind[name] = page_indicator([relative_improvement(b, a) for b, a in r.page_losses], contrib[name])
@@ -178,9 +180,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pages", type=int, default=2, help="assigned pages per window (localnet: 2)")
     ap.add_argument("--micro-batch", type=int, default=8, help="sequences per inner step (localnet: 8 = one page)")
+    ap.add_argument("--eval-norm", choices=["normalise", "cap"], default="normalise", help="size rule (scoring.scale)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    res = run(args.windows, [int(s) for s in args.steps.split(",")], args.seed, args.pages, args.micro_batch)
+    res = run(args.windows, [int(s) for s in args.steps.split(",")], args.seed, args.pages, args.micro_batch,
+              args.eval_norm)
     summary = summarise(res)
     if args.json:
         Path(args.json).write_text(json.dumps({**res, "summary": summary}, indent=1))

@@ -59,10 +59,15 @@ def plan_validators(run_dir: Path, count: int, late_windows: int, first_db_url: 
     return nodes
 
 
-#: Inner steps of the adversaries that train (scaled-k, partial-pages, wrong-pages, ...): like the
-#: weakest honest miner. Not 1: one AdamW step from a shared theta has nearly equal magnitudes, so
-#: every such miner keeps about the same top-k (weight decay on theta decides) and looks like a copy.
-ADVERSARY_STEPS = 2
+#: Inner steps of the score gamers (scaled-k, partial-pages): like the weakest honest miner, so
+#: what they gain is the game's. Not 1: one AdamW step from a shared theta has nearly equal
+#: magnitudes, so such miners keep about the same top-k (weight decay on theta decides), ~0.5-0.58
+#: coverage of each other. The other adversaries take 1 step (a cheater's least effort).
+GAMER_STEPS = 2
+
+
+def _adversary_steps(mode: str) -> int:
+    return GAMER_STEPS if mode.startswith(("scaled-", "partial-pages")) else 1
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class Peer:
 
 
 def plan_peers(honest: int, adversaries: str) -> list[Peer]:
-    """Honest miners with 2, 4, 8, ... inner steps, then one process per adversary mode (2 steps each).
+    """Honest miners with 2, 4, 8, ... inner steps, then one process per adversary mode.
 
     The modes are whatever ``miner.modes`` has registered (entry points), so a new mode
     joins ``--adversaries all`` without an edit here.
@@ -98,8 +103,8 @@ def plan_peers(honest: int, adversaries: str) -> list[Peer]:
     strongest = tuple(p.name for p in reversed(peers))  # the strongest honest miners are the ones worth copying
     for mode in modes:
         if mode == "sybil":
-            peers += [Peer("sybil-a", "adversary", "sybil", ADVERSARY_STEPS, strongest[:1]),
-                      Peer("sybil-b", "adversary", "sybil", ADVERSARY_STEPS, ("sybil-a",))]
+            peers += [Peer("sybil-a", "adversary", "sybil", 1, strongest[:1]),
+                      Peer("sybil-b", "adversary", "sybil", 1, ("sybil-a",))]
             continue
         if mode == "multi-copy":
             targets = strongest[:2]
@@ -110,7 +115,7 @@ def plan_peers(honest: int, adversaries: str) -> list[Peer]:
         need = int(getattr(resolve(mode), "needs_targets", 0))
         if len(targets) < need:
             raise typer.BadParameter(f"adversary mode {mode!r} copies {need} honest miner(s); use --honest {need} or more")
-        peers.append(Peer(mode, "adversary", mode, ADVERSARY_STEPS, targets))
+        peers.append(Peer(mode, "adversary", mode, _adversary_steps(mode), targets))
     return peers
 
 

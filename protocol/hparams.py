@@ -92,6 +92,17 @@ class ScoringParams(_Strict):
     eval_step_scale: float = Field(
         0.8, gt=0, description="Evaluation step = scale x outer lr (0.8 x 0.25 = 0.2, the step benchmarks/effort.py measured)."
     )
+    eval_norm: Literal["cap", "normalise"] = Field(
+        "cap",
+        description="How a delta's size enters Stage 2 and the aggregate (scoring.scale): 'cap' at eval_clip_ratio x "
+        "the median norm (aggregate clips tensors to the median), or 'normalise' every delta to the median norm "
+        "(scale-invariant; on the tiny preset it pays low effort and wrong pages, benchmarks/RESULTS.md Effort).",
+    )
+    eval_clip_ratio: float = Field(
+        3.0, ge=1,
+        description="With eval_norm 'cap': the evaluated delta's norm is capped at this x the window's median norm: "
+        "loose enough that effort shows (honest norms spread ~3x), tight enough that inflating buys at most this.",
+    )
     indicator_alpha: float = Field(0.05, gt=0, le=1, description="bma <- (1-a)*bma + a*indicator.")
     indicator_margin: float = Field(
         0.0, ge=0,

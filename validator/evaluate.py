@@ -8,9 +8,9 @@ For window W every evaluated peer gets:
   predict; one random set per window, shared by all peers, so their scores compare.
 
 "After" means theta_W with the evaluation step applied: theta - eta * c * delta, where
-eta = ``eval_step_scale`` x outer lr and c = median norm / norm brings every delta to the
-window's median norm (``scoring.scale``): the size a miner sends changes nothing, only its
-direction is scored, exactly as the aggregate will apply it.
+eta = ``eval_step_scale`` x outer lr and c is the subnet's size rule (``scoring.scale``):
+min(1, cap / norm) with cap = ``eval_clip_ratio`` x the window's median norm, or
+median / norm, which scores the direction only.
 
 Sharing and exactness: the "before" losses are computed once per page id and cached for
 the window. The delta is applied in place to one model copy and undone by writing back
@@ -52,7 +52,7 @@ class EvalJob:
 
     hotkey: str
     update: SparseUpdate
-    step: float  # eta * median / norm: theta_after = theta - step * delta
+    step: float  # eta * size factor (scoring.scale): theta_after = theta - step * delta
     assigned_page_ids: tuple[int, ...]
 
 

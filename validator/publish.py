@@ -1,7 +1,7 @@
 """This validator's proposed outer step for a window (``protocol.follow`` decides whose is applied).
 
 P_W = outer lr x robust_aggregate(the top ``outer.max_peers`` evaluated peers that improved
-the random loss, each brought to the window's median norm as Stage 2 scored it, ``scoring.scale``), signed at ``proposal_key(W)`` with the base and result
+the random loss, sized by the subnet's rule as Stage 2 scored them, ``scoring.scale``), signed at ``proposal_key(W)`` with the base and result
 model hashes (possibly empty: then the result is theta_W). Every validator proposes; the
 follower rule picks the publisher's proposal, or the next validator's at failover, so a
 follower's proposal is what keeps the subnet going the window its publisher dies.
@@ -51,14 +51,18 @@ class Published:
 
 def robust_aggregate(updates: Sequence[SparseUpdate], shapes: Mapping[str, tuple[int, ...]], hp: HParams,
                      median_norm: float | None) -> dict[str, torch.Tensor]:
-    """Dense aggregate of sparse deltas, each scaled to ``median_norm``, combined by the configured rule."""
+    """Dense aggregate of sparse deltas under the subnet's size rule (``scoring.scale``), then the configured rule.
+
+    ``normalise``: each delta scaled to ``median_norm`` as Stage 2 scored it; ``cap``: each tensor
+    clipped to the median of that tensor's norms (the reference's rule).
+    """
     from scoring.aggregate import aggregate
     from scoring.scale import normalising_factor
 
     dense = []
     for update in updates:
         norm = float(torch.sqrt(sum(torch.sum(val.double() ** 2) for _idx, val in update.values())))
-        factor = normalising_factor(norm, median_norm)
+        factor = normalising_factor(norm, median_norm) if hp.scoring.eval_norm == "normalise" else 1.0
         d = {}
         for name, shape in shapes.items():
             t = torch.zeros(int(torch.Size(shape).numel()), dtype=torch.float32)
@@ -69,7 +73,8 @@ def robust_aggregate(updates: Sequence[SparseUpdate], shapes: Mapping[str, tuple
         dense.append(d)
     if not dense:
         return {}
-    return aggregate(dense, rule=hp.outer.rule, trim_fraction=hp.outer.trim_fraction)
+    return aggregate(dense, rule=hp.outer.rule, trim_fraction=hp.outer.trim_fraction,
+                     clip_to_median=hp.scoring.eval_norm == "cap")
 
 
 def _existing(storage: Storage, hotkey: str, window: int, model: GlobalModel) -> Published | None:

@@ -22,7 +22,7 @@ import torch
 from protocol.global_model import GlobalModel
 from protocol.hparams import HParams
 from protocol.model import Model, ModelConfig, rope_tables
-from scoring.scale import normalising_factor
+from scoring.scale import step_factor
 from validator import metrics
 from validator.collect import Collected
 from validator.evaluate import EvalJob, EvalResult, PageSource, WindowEvaluator, eval_subset
@@ -59,7 +59,7 @@ def plan_stage2(
     for hk in sorted(s1.accepted):
         cand = s1.accepted[hk]
         pages = eval_subset(assigned[hk], hp.data.eval_pages, seed=seed, hotkey=hk)
-        step = eta * normalising_factor(cand.decoded.norm, s1.median_norm)  # size never pays (scoring.scale)
+        step = eta * step_factor(cand.decoded.norm, s1.median_norm, hp.scoring.eval_norm, hp.scoring.eval_clip_ratio)
         plan.jobs.append(EvalJob(hk, cand.decoded.update, step, pages))
         plan.remote[hk] = {"window": window, "hotkey": hk, "url": collected[hk].url,
                            "payload_hash": cand.payload_hash, "step": step, "assigned_page_ids": list(pages),

@@ -24,6 +24,7 @@ def test_defaults_unchanged() -> None:
     assert (hp.scoring.openskill_beta, hp.scoring.openskill_tau) == (7.0, 0.1)
     assert hp.windows.blocks_per_window == 125
     # The outer step and the evaluation step measured in benchmarks/RESULTS.md.
+    assert hp.scoring.eval_norm == "cap" and hp.scoring.eval_clip_ratio == 3.0
     assert (hp.outer.rule, hp.outer.lr) == ("selected_mean", 0.25)
     assert hp.scoring.eval_step_scale * hp.outer.lr == 0.2
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from protocol.model import ModelConfig, build_model
-from scoring.scale import normalising_factor
+from scoring.scale import cap_factor, normalising_factor, step_factor
 from validator.evaluate import EvalJob, EvalResult, WindowEvaluator, apply_in_place, eval_subset, restore
 
 CFG = ModelConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, mlp_hidden=32, max_seq_len=16)
@@ -46,6 +46,16 @@ def test_normalising_factor_hand_computed() -> None:
     assert normalising_factor(norm=0.0, median_norm=4.0) == 1.0  # nothing to scale
     with pytest.raises(ValueError):
         normalising_factor(norm=1.0, median_norm=0.0)
+
+
+def test_cap_rule_hand_computed() -> None:
+    assert cap_factor(norm=2.0, cap=12.0) == 1.0  # below the cap: unchanged
+    assert cap_factor(norm=24.0, cap=12.0) == 0.5
+    assert step_factor(24.0, 4.0, "cap", 3.0) == 0.5  # cap = 3 x median 4
+    assert step_factor(24.0, 4.0, "normalise", 3.0) == pytest.approx(1 / 6)
+    assert step_factor(2.0, None, "cap", 3.0) == 1.0
+    with pytest.raises(ValueError):
+        step_factor(1.0, 1.0, "bogus", 3.0)
 
 
 def _norm(delta: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> float:
