@@ -202,6 +202,8 @@ class LocalNet:
         env.update(GAUNTLET_HOME=str(self.run_dir / "home"), GAUNTLET_CHAIN=f"local:{self.run_dir / 'chain.db'}",
                    GAUNTLET_HPARAMS=str(self.hp_path), GAUNTLET_WALLET_PATH=str(self.run_dir / "wallets"),
                    GAUNTLET_DATABASE_URL=self.db_url, GAUNTLET_STORAGE=storage, GAUNTLET_NETUID=str(NETUID),
+                   # Every store here is a file:// directory on this host: the dev flag lets validators read them.
+                   GAUNTLET_ALLOW_PRIVATE_MINER_STORAGE="1",
                    OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
                    PYTHONHASHSEED=str(self.seed),
                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))

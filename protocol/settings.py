@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
     log_level: str = "INFO"
+    allow_private_miner_storage: bool = Field(
+        False, description="Development only: follow miners' file:// stores, plain-http endpoints and loopback or "
+        "private hosts (local networks, tests). Off, a validator contacts only public https S3 endpoints.")
 
     @field_validator("log_level")
     @classmethod

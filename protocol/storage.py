@@ -3,7 +3,8 @@
 This module owns where miners' deltas, validators' aggregates and checkpoints live
 (``delta_key`` and friends), which keys are safe, and two backends behind one contract:
 ``LocalStorage`` (a directory; development and the local network) and ``S3Storage``
-(AWS S3, Cloudflare R2, MinIO). ``open_storage`` turns a settings URL into one of them.
+(AWS S3, Cloudflare R2, MinIO; in ``protocol.storage_s3``). ``open_storage`` turns a
+settings URL into one of them.
 
 Why the ``Storage`` protocol is shaped this way:
 
@@ -17,35 +18,39 @@ Why the ``Storage`` protocol is shaped this way:
 * Keys are validated before any backend sees them (``validate_key``): miners choose their
   hotkey strings, and a key must never become a path outside the store.
 * Failures are a small hierarchy (``StorageError`` > ``ObjectNotFound``, ``ObjectTooLarge``,
-  ``StorageUnavailable``) whose messages name the backend and key, so callers can tell
-  "the miner did not upload" from "the store is down" from "the upload is abusive".
+  ``StorageUnavailable``, ``AccessDenied``) whose messages name the backend and key, so
+  callers can tell "the miner did not upload" from "the store is down" from "the upload is
+  abusive" from "the store will not let us read".
+
+The S3 backend lives in ``protocol.storage_s3`` (imported lazily: boto3 is an extra) and is
+still importable from here; the policy for stores that peers name is ``protocol.peer_storage``.
 """
 
 from __future__ import annotations
 
-import base64
 import builtins
 import contextlib
-import hashlib
 import os
-import random
 import re
 import stat as stat_mod
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
+
+if TYPE_CHECKING:  # at run time, __getattr__ below imports it on first use
+    from protocol.storage_s3 import S3Storage
 
 __all__ = [
     "MAX_KEY_LENGTH",
+    "AccessDenied",
     "LocalStorage",
     "ObjectInfo",
     "ObjectNotFound",
     "ObjectTooLarge",
+    "S3Location",
     "S3Storage",
     "Storage",
     "StorageError",
@@ -57,13 +62,12 @@ __all__ = [
     "fsync_dir",
     "open_storage",
     "parse_delta_key",
+    "parse_s3_url",
     "validate_hotkey",
     "validate_key",
     "validate_prefix",
     "window_of_delta_key",
 ]
-
-T = TypeVar("T")
 
 CHUNK_BYTES = 1 << 20
 MAX_KEY_LENGTH = 512
@@ -113,6 +117,19 @@ class ObjectTooLarge(StorageError):
 
 class StorageUnavailable(StorageError):
     """The store could not be reached or could not serve the request (retrying later may help)."""
+
+
+class AccessDenied(StorageError):
+    """The store refused to serve the object to this reader (HTTP 401/403: private bucket, bad keys)."""
+
+
+def __getattr__(name: str) -> Any:
+    """``S3Storage`` is still importable from here; loading it on first use keeps boto3 optional."""
+    if name == "S3Storage":
+        from protocol.storage_s3 import S3Storage
+
+        return S3Storage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- the contract
@@ -442,248 +459,6 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-# --------------------------------------------------------------------------- S3 and compatibles
-
-_ENV_ACCESS_KEY = "GAUNTLET_S3_ACCESS_KEY_ID"
-_ENV_SECRET_KEY = "GAUNTLET_S3_SECRET_ACCESS_KEY"
-_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
-_TRANSIENT_CODES = frozenset(
-    {"RequestTimeout", "SlowDown", "Throttling", "ThrottlingException", "InternalError", "ServiceUnavailable"}
-)
-
-
-def _import_boto3() -> tuple[Any, Any, Any]:
-    """``(boto3, botocore.config.Config, botocore.exceptions)``, or a clear ImportError."""
-    try:
-        import boto3
-        import botocore.exceptions
-        from botocore.config import Config
-    except ModuleNotFoundError as exc:
-        raise ImportError(
-            "S3 storage needs boto3, which is not installed: pip install 'gauntlet[s3]'"
-        ) from exc
-    return boto3, Config, botocore.exceptions
-
-
-_SESSION_LOCK = threading.Lock()
-_SESSION: Any = None
-
-
-def _shared_session(boto3: Any) -> Any:
-    """One boto3 session per process: it caches the S3 service model, making each client cheap."""
-    global _SESSION
-    if _SESSION is None:
-        _SESSION = boto3.session.Session()
-    return _SESSION
-
-
-def _client_config(config_cls: Any, path_style: bool, connect_timeout_s: float, read_timeout_s: float) -> Any:
-    options: dict[str, Any] = {
-        "signature_version": "s3v4",
-        "s3": {"addressing_style": "path" if path_style else "auto"},
-        "retries": {"total_max_attempts": 1},  # S3Storage retries itself, around whole operations
-        "connect_timeout": connect_timeout_s,
-        "read_timeout": read_timeout_s,
-    }
-    # botocore >= 1.36 adds CRC checksums to every request by default, which some S3-compatible
-    # stores reject; Content-MD5 (sent by put) already protects uploads.
-    if "request_checksum_calculation" in getattr(config_cls, "OPTION_DEFAULTS", {}):
-        options["request_checksum_calculation"] = "when_required"
-        options["response_checksum_validation"] = "when_required"
-    return config_cls(**options)
-
-
-def _credentials(access_key: str | None, secret_key: str | None) -> tuple[str | None, str | None]:
-    access_key = access_key or os.environ.get(_ENV_ACCESS_KEY) or None
-    secret_key = secret_key or os.environ.get(_ENV_SECRET_KEY) or None
-    if (access_key is None) != (secret_key is None):
-        raise ValueError(
-            "S3 credentials need both an access key and a secret key "
-            f"(arguments or {_ENV_ACCESS_KEY} / {_ENV_SECRET_KEY})"
-        )
-    return access_key, secret_key
-
-
-def _normalise_prefix(prefix: str) -> str:
-    prefix = prefix.strip("/")
-    return f"{validate_key(prefix)}/" if prefix else ""
-
-
-class S3Storage:
-    """An S3-protocol bucket (AWS S3, Cloudflare R2, MinIO) under an optional key prefix.
-
-    ``uploaded_at`` is the store's ``LastModified``, truncated to whole seconds so that
-    ``put``, ``stat`` and ``list`` agree (HEAD reports HTTP dates, which have one-second
-    resolution). Transient failures (connection errors, timeouts, 5xx, throttling) are
-    retried with exponential backoff and jitter, ``max_attempts`` tries in all; after that
-    ``StorageUnavailable`` is raised. Credentials come from the arguments, else from
-    ``GAUNTLET_S3_ACCESS_KEY_ID`` / ``GAUNTLET_S3_SECRET_ACCESS_KEY``, else from boto3's usual
-    chain (``AWS_*`` variables, config files). R2 and MinIO usually need ``endpoint_url``;
-    MinIO also ``path_style=True``.
-    """
-
-    def __init__(
-        self,
-        bucket: str,
-        prefix: str = "",
-        *,
-        endpoint_url: str | None = None,
-        region: str | None = None,
-        access_key: str | None = None,
-        secret_key: str | None = None,
-        path_style: bool = False,
-        max_attempts: int = 4,
-        backoff_s: float = 0.25,
-        connect_timeout_s: float = 5.0,
-        read_timeout_s: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if not bucket:
-            raise ValueError("S3 storage needs a bucket name")
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        boto3, config_cls, self._exceptions = _import_boto3()
-        self.bucket = bucket
-        self.prefix = _normalise_prefix(prefix)
-        self.endpoint_url = endpoint_url
-        self.name = f"s3://{bucket}/{self.prefix}" + (f" at {endpoint_url}" if endpoint_url else "")
-        self._max_attempts = max_attempts
-        self._backoff_s = backoff_s
-        self._sleep = sleep
-        access, secret = _credentials(access_key, secret_key)
-        with _SESSION_LOCK:  # boto3 sessions are not thread-safe; clients are
-            self._client = _shared_session(boto3).client(
-                "s3",
-                endpoint_url=endpoint_url,
-                region_name=region,
-                aws_access_key_id=access,
-                aws_secret_access_key=secret,
-                config=_client_config(config_cls, path_style, connect_timeout_s, read_timeout_s),
-            )
-
-    def __repr__(self) -> str:
-        return (
-            f"S3Storage(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint_url={self.endpoint_url!r})"
-        )
-
-    # -- the verbs
-
-    def put(self, key: str, data: bytes) -> ObjectInfo:
-        full = self._full(key)
-        md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
-
-        def put_and_head() -> dict[str, Any]:
-            self._client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentMD5=md5)
-            return self._client.head_object(Bucket=self.bucket, Key=full)
-
-        head = self._call("put", key, put_and_head)
-        return self._info(key, head["ContentLength"], head["LastModified"])
-
-    def get(self, key: str, *, max_bytes: int) -> bytes:
-        _check_max_bytes(max_bytes)
-        full = self._full(key)
-
-        def fetch() -> bytes:
-            response = self._client.get_object(Bucket=self.bucket, Key=full)
-            body = response["Body"]
-            try:
-                declared = response.get("ContentLength")
-                if declared is not None and declared > max_bytes:
-                    raise ObjectTooLarge(self.name, key, max_bytes)
-                return _read_capped(body.read, max_bytes, self.name, key)
-            finally:
-                body.close()
-
-        return self._call("get", key, fetch)
-
-    def stat(self, key: str) -> ObjectInfo:
-        full = self._full(key)
-        head = self._call("stat", key, lambda: self._client.head_object(Bucket=self.bucket, Key=full))
-        return self._info(key, head["ContentLength"], head["LastModified"])
-
-    def list(self, prefix: str) -> builtins.list[ObjectInfo]:
-        validate_prefix(prefix)
-
-        def list_all() -> builtins.list[ObjectInfo]:
-            found = []
-            paginator = self._client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
-                for obj in page.get("Contents", []):
-                    key = obj["Key"][len(self.prefix) :]
-                    if _key_problem(key) is None:  # objects written by other tools are not ours
-                        found.append(self._info(key, obj["Size"], obj["LastModified"]))
-            return found
-
-        return sorted(self._call("list", None, list_all), key=lambda info: info.key)
-
-    def delete(self, key: str) -> None:
-        full = self._full(key)
-        self._call("delete", key, lambda: self._client.delete_object(Bucket=self.bucket, Key=full))
-
-    # -- plumbing
-
-    def _full(self, key: str) -> str:
-        return self.prefix + validate_key(key)
-
-    def _info(self, key: str, size: int, last_modified: Any) -> ObjectInfo:
-        return ObjectInfo(key=key, size=int(size), uploaded_at=float(int(last_modified.timestamp())))
-
-    def _call(self, op: str, key: str | None, fn: Callable[[], T]) -> T:
-        """Run ``fn``, retrying transient failures with backoff and translating boto errors."""
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                return fn()
-            except StorageError:
-                raise
-            except Exception as exc:
-                if not self._is_transient(exc):
-                    translated = self._translate(op, key, exc)
-                    if translated is exc:
-                        raise
-                    raise translated from exc
-                if attempt == self._max_attempts:
-                    raise StorageUnavailable(
-                        self.name, key, f"{op} failed after {attempt} attempt(s): {exc}"
-                    ) from exc
-                delay = self._backoff_s * 2 ** (attempt - 1)
-                self._sleep(delay * random.uniform(0.5, 1.0))
-        raise AssertionError("unreachable")
-
-    def _is_transient(self, exc: Exception) -> bool:
-        errors = self._exceptions
-        if isinstance(exc, errors.ClientError):
-            code, status = _client_error_code(exc)
-            return status >= 500 or status == 429 or code in _TRANSIENT_CODES
-        return isinstance(
-            exc, errors.ConnectionError | errors.HTTPClientError | errors.IncompleteReadError | OSError
-        )
-
-    def _translate(self, op: str, key: str | None, exc: Exception) -> Exception:
-        errors = self._exceptions
-        if isinstance(exc, errors.ClientError):
-            code, status = _client_error_code(exc)
-            if code == "NoSuchBucket":
-                return StorageError(self.name, key, f"{op} failed: bucket {self.bucket!r} does not exist")
-            if code in _NOT_FOUND_CODES or status == 404:
-                return ObjectNotFound(self.name, key)
-            message = exc.response.get("Error", {}).get("Message", "")
-            return StorageError(self.name, key, f"{op} failed: {code} (HTTP {status}) {message}".rstrip())
-        if isinstance(exc, errors.NoCredentialsError):
-            return StorageError(
-                self.name, key, f"{op} failed: no S3 credentials (set {_ENV_ACCESS_KEY} / {_ENV_SECRET_KEY})"
-            )
-        if isinstance(exc, errors.BotoCoreError):
-            return StorageError(self.name, key, f"{op} failed: {exc}")
-        return exc  # a programming error: let it surface as is
-
-
-def _client_error_code(exc: Any) -> tuple[str, int]:
-    response = getattr(exc, "response", None) or {}
-    code = str(response.get("Error", {}).get("Code", ""))
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return code, status
-
-
 # --------------------------------------------------------------------------- URLs
 
 _URL_FORMS = (
@@ -696,8 +471,23 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
+@dataclass(frozen=True, slots=True)
+class S3Location:
+    """An ``s3://`` URL taken apart and checked; nothing is contacted."""
+
+    bucket: str
+    prefix: str
+    endpoint: str | None
+    region: str | None
+    path_style: bool
+
+
 def open_storage(url: str) -> Storage:
-    """The backend a settings URL names (see ``_URL_FORMS``); ``ValueError`` for anything else."""
+    """The backend a settings URL names (see ``_URL_FORMS``); ``ValueError`` for anything else.
+
+    For this node's *own* store. A store named by a peer goes through
+    ``protocol.peer_storage.open_peer_storage``, which applies the endpoint policy first.
+    """
     scheme, sep, rest = url.partition("://") if isinstance(url, str) else ("", "", "")
     scheme = scheme.lower()
     if sep and scheme == "file":
@@ -705,28 +495,34 @@ def open_storage(url: str) -> Storage:
             raise ValueError(f"storage URL {url!r} names no directory; {_URL_FORMS}")
         return LocalStorage(Path(rest))
     if sep and scheme == "s3":
-        return _open_s3(url)
+        from protocol.storage_s3 import S3Storage
+
+        loc = parse_s3_url(url)
+        return S3Storage(loc.bucket, loc.prefix, endpoint_url=loc.endpoint, region=loc.region,
+                         path_style=loc.path_style)
     raise ValueError(f"unsupported storage URL {url!r}; {_URL_FORMS}")
 
 
-def _open_s3(url: str) -> S3Storage:
+def parse_s3_url(url: str) -> S3Location:
+    """The parts of ``s3://bucket[/prefix][?options]``; ``ValueError`` for anything malformed."""
     parts = urlsplit(url)
+    if parts.scheme.lower() != "s3":
+        raise ValueError(f"unsupported storage URL {url!r}; {_URL_FORMS}")
     if "@" in parts.netloc:
         raise ValueError(
-            f"storage URL {url!r}: credentials do not belong in the URL; set {_ENV_ACCESS_KEY} / {_ENV_SECRET_KEY}"
+            f"storage URL {url!r}: credentials do not belong in the URL; "
+            "set GAUNTLET_S3_ACCESS_KEY_ID / GAUNTLET_S3_SECRET_ACCESS_KEY"
         )
     if not _BUCKET.fullmatch(parts.netloc):
         raise ValueError(f"storage URL {url!r} has no valid bucket name; {_URL_FORMS}")
     if parts.fragment:
         raise ValueError(f"storage URL {url!r} may not have a fragment; {_URL_FORMS}")
+    prefix = parts.path.strip("/")
+    if prefix:
+        validate_key(prefix)
     options = _s3_options(url, parts.query)
-    return S3Storage(
-        parts.netloc,
-        parts.path.strip("/"),
-        endpoint_url=options.get("endpoint") or None,
-        region=options.get("region") or None,
-        path_style=_flag(url, options.get("path_style", "")),
-    )
+    return S3Location(parts.netloc, prefix, options.get("endpoint") or None, options.get("region") or None,
+                      _flag(url, options.get("path_style", "")))
 
 
 def _s3_options(url: str, query: str) -> dict[str, str]:

@@ -39,7 +39,16 @@ NORM_MIN_RATIO = 1e-3
 
 
 class Rejection(StrEnum):
-    """Why an upload was not scored. Values are persisted: add members, never rename them."""
+    """Why an upload was not scored. Values are persisted: add members, never rename them.
+
+    Only what the hotkey itself signed for this window may count against it: anyone who can
+    write to a miner's store can put bytes under the miner's key. Hence ``FOREIGN`` (signed
+    by another hotkey) and ``WRONG_WINDOW`` (the miner's own signature, for another window,
+    e.g. an old upload put back) are judged like ``MISSING``: the miner's real upload may
+    have been overwritten, so they neither ban nor zero it. ``COPY`` and ``REPLAY`` (bans)
+    are for deltas the hotkey signed for this window whose values are someone else's, or
+    its own from an earlier window.
+    """
 
     NOT_REGISTERED = "not_registered"
     MISSING = "missing"
@@ -54,6 +63,8 @@ class Rejection(StrEnum):
     COPY = "copy"
     REPLAY = "replay"
     BANNED = "banned"
+    FOREIGN = "foreign"
+    WRONG_WINDOW = "wrong_window"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,9 @@ transient: sigma shrinks with every window and consistently useful peers climb a
 * invalid upload (bad signature, malformed, not finite, norm out of bounds, …) → score 0;
 * copy or replay → full reset, score 0, banned for 200 windows (``copy_ban_windows``):
   windows ``W .. W + 200`` score 0 whatever is uploaded.
+  Only a delta the hotkey signed for ``W`` can earn this: an upload signed by another
+  hotkey or for another window may have been planted by whoever can write to the miner's
+  store, so the validator judges it *missing* (``scoring.filters.Rejection``).
 
 A *full reset* never rewards: rating returns to the default only if that is not better
 than the current one (a poorly rated peer cannot go quiet for four windows to wipe its

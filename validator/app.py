@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from chain.base import Chain, ChainError, open_chain
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunOptions:
-    allow_local_storage: bool = False
+    allow_local_storage: bool = False  # GAUNTLET_ALLOW_PRIVATE_MINER_STORAGE also sets it (see build_context)
     per_peer_timeout_s: float = 30.0
     remote_timeout_s: float = 120.0
     commit_storage_url: bool = True
@@ -81,6 +81,8 @@ def build_context(settings: Settings, hp: HParams | None = None, *, options: Run
     from protocol.pages import default_store
 
     options = options or RunOptions()
+    if settings.allow_private_miner_storage:  # the settings' dev flag, as if --allow-local-storage were given
+        options = replace(options, allow_local_storage=True)
     hp = hp or load_hparams(settings.hparams)
     chain = chain or open_chain(settings.chain_url)
     keypair = keypair or load_hotkey(settings.wallet_path, settings.wallet_name, settings.wallet_hotkey)
@@ -140,7 +142,8 @@ def build_worker(settings: Settings, *, validator_hotkey: str, allow_local_stora
     queue, _ = _redis(settings, validator_hotkey)
     if queue is None:
         raise SystemExit("gauntlet validator worker needs redis_url (GAUNTLET_REDIS_URL)")
-    cfg = WorkerConfig(consumer=consumer, validator_hotkey=validator_hotkey, allow_local_storage=allow_local_storage)
+    allow = allow_local_storage or settings.allow_private_miner_storage
+    cfg = WorkerConfig(consumer=consumer, validator_hotkey=validator_hotkey, allow_local_storage=allow)
     return Worker(cfg, hp=hp, queue=queue, publish_storage=open_storage(settings.storage_url),
                   pages=pages if pages is not None else default_store(settings.home, hp.data), codec_cfg=CodecConfig.from_params(hp.codec))
 

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from protocol.settings import Settings
 
 validator_app = typer.Typer(help="Score miners and set weights.", no_args_is_help=True)
 
@@ -31,6 +35,20 @@ def _settings(config: Path | None, wallet_name: str | None, hotkey: str | None):
     return settings
 
 
+def _allow_private(settings: Settings, flag: bool) -> bool:
+    """The miner-store dev flag: explicit only (a flag or the setting), never inferred from the chain URL.
+
+    A local chain used to imply it; an explicit switch keeps a copied config or a mistyped chain URL
+    from opening the validator's private network to miners' URLs.
+    """
+    allow = flag or settings.allow_private_miner_storage
+    if not allow and settings.chain_url.startswith("local:"):
+        logging.getLogger(__name__).warning(
+            "local chain without GAUNTLET_ALLOW_PRIVATE_MINER_STORAGE=1 (--allow-local-storage): miners' file:// "
+            "and loopback stores will be refused")
+    return bool(allow)
+
+
 @validator_app.command("run")
 def run_cmd(
     config: Path | None = typer.Option(None, "--config", help="TOML settings file."),
@@ -38,14 +56,15 @@ def run_cmd(
     hotkey: str | None = typer.Option(None, "--hotkey", help="Hotkey name inside the wallet."),
     windows: int | None = typer.Option(None, "--windows", help="Stop after scoring this many windows."),
     allow_local_storage: bool = typer.Option(
-        False, "--allow-local-storage", help="Follow miners' file:// storage URLs (dev/local network only)."),
+        False, "--allow-local-storage", help="Follow miners' file://, http and private-address stores (dev/local "
+        "network only; same as GAUNTLET_ALLOW_PRIVATE_MINER_STORAGE=1)."),
     poll_s: float = typer.Option(2.0, "--poll-s", help="Seconds between chain polls when idle."),
 ) -> None:
     """Score every window as it closes, publish aggregates and checkpoints, set weights."""
     from validator import app, service
 
     settings = _settings(config, wallet_name, hotkey)
-    local = allow_local_storage or settings.chain_url.startswith("local:")
+    local = _allow_private(settings, allow_local_storage)
     ctx = app.build_context(settings, options=app.RunOptions(allow_local_storage=local))
     app.serve_metrics(settings)
     logging.getLogger(__name__).info("validator %s on netuid %d, store %s", ctx.hotkey, ctx.netuid,
@@ -79,7 +98,7 @@ def worker_cmd(
         from chain.wallets import load_hotkey
 
         validator_hotkey = load_hotkey(settings.wallet_path, settings.wallet_name, settings.wallet_hotkey).ss58_address
-    local = allow_local_storage or settings.chain_url.startswith("local:")
+    local = _allow_private(settings, allow_local_storage)
     worker = app.build_worker(settings, validator_hotkey=validator_hotkey, allow_local_storage=local,
                               consumer=default_consumer())
     done = worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)

@@ -6,10 +6,16 @@ validator reads ``delta_key(W, hotkey)`` from *that* store. What this module gua
 * **No peer blocks the loop.** Reads run in a thread pool and the whole collection has a
   deadline (``per_peer_timeout_s``, all peers in parallel); a peer still reading then is
   recorded as ``timeout`` and its thread is abandoned (the pool is not joined).
-* **No peer makes the validator read what it should not.** Only ``s3://`` URLs are
-  followed, plus ``file://`` when ``allow_local_storage`` is on (development and the
-  local network): a miner must not point the validator at arbitrary local paths.
-  Reads are capped at ``hp.max_upload_bytes`` by the store itself.
+* **No peer makes the validator read what it should not.** Every committed URL passes
+  ``protocol.peer_storage.EndpointPolicy`` first (s3:// with a public https endpoint;
+  file://, http and private or loopback hosts only with ``allow_local_storage``, the
+  ``GAUNTLET_ALLOW_PRIVATE_MINER_STORAGE`` development flag), requests to miners' stores
+  are unsigned, and reads are capped at ``hp.max_upload_bytes`` by the store itself.
+* **No peer learns about the validator's network.** A failed read is recorded with a
+  fixed phrase (``peer_storage.failure_category``: "unreachable", "not found",
+  "refused by policy: private address", ...), never the exception's text, which goes to
+  the validator's log only: receipts are public, and "connection refused" vs "timed out"
+  vs an HTTP error would map the validator's internal ports for whoever asks.
 * **Lateness is the store's word.** ``uploaded_at`` comes from ``stat``; it is checked
   against the window's block timestamps with :func:`protocol.windows.is_on_time`'s bounds
   (``scoring.filters.check_timing`` gives early vs late). A second ``stat`` after the read
@@ -27,7 +33,14 @@ from concurrent.futures import ALL_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from protocol.hparams import HParams
-from protocol.storage import ObjectNotFound, ObjectTooLarge, Storage, StorageError, delta_key, open_storage
+from protocol.peer_storage import (
+    STORE_ERROR,
+    EndpointPolicy,
+    StorageRefused,
+    failure_category,
+    open_peer_storage,
+)
+from protocol.storage import ObjectNotFound, ObjectTooLarge, Storage, StorageError, delta_key
 from scoring.filters import Rejection, check_timing
 
 log = logging.getLogger(__name__)
@@ -67,23 +80,35 @@ class Collected:
         return self.reason is None and self.data is not None
 
 
-def storage_url_allowed(url: str, *, allow_local_storage: bool) -> bool:
-    """Whether a miner-committed URL may be read (s3 always; file only on dev/local networks)."""
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    return scheme == "s3" or (scheme == "file" and allow_local_storage)
-
-
 class StorageCache:
-    """One ``Storage`` per committed URL, opened once (S3 clients are costly to build)."""
+    """One ``Storage`` per committed URL, opened once (S3 clients are costly to build).
 
-    def __init__(self, opener: Callable[[str], Storage] = open_storage) -> None:
-        self._opener = opener
+    ``policy`` judges every URL before the opener sees it, whatever the opener (tests inject
+    in-memory stores); the default opener also guards each S3 request and signs none.
+    """
+
+    def __init__(self, opener: Callable[[str], Storage] | None = None, *,
+                 policy: EndpointPolicy | None = None) -> None:
+        self.policy = policy or EndpointPolicy()
+        self._opener = opener or (lambda url: open_peer_storage(url, self.policy))
         self._stores: dict[str, Storage] = {}
 
     def get(self, url: str) -> Storage:
         if url not in self._stores:
+            self.policy.check_store_url(url)
             self._stores[url] = self._opener(url)
         return self._stores[url]
+
+
+def _failure(exc: BaseException) -> tuple[str, str]:
+    """(reason, fixed receipt detail) of a failed read; see the module docstring."""
+    if isinstance(exc, StorageRefused):
+        return BAD_URL, exc.category
+    if isinstance(exc, ObjectNotFound):
+        return Rejection.MISSING.value, failure_category(exc)
+    if isinstance(exc, ObjectTooLarge):
+        return TOO_LARGE, failure_category(exc)
+    return UNAVAILABLE, failure_category(exc)
 
 
 def _read_one(
@@ -107,12 +132,10 @@ def _read_one(
             late = check_timing(again.uploaded_at, times.start, times.end, hp.windows.upload_grace_s)
             if late is not None:
                 peer.data, peer.reason, peer.detail = None, late.value, "overwritten after the deadline"
-    except ObjectNotFound:
-        peer.reason = Rejection.MISSING.value
-    except ObjectTooLarge as exc:
-        peer.reason, peer.detail = TOO_LARGE, str(exc)
     except (StorageError, ValueError, OSError) as exc:
-        peer.reason, peer.detail = UNAVAILABLE, str(exc)[:500]
+        peer.data = None
+        peer.reason, peer.detail = _failure(exc)
+        log.info("window %d: %s's store %s: %s: %s", window, peer.hotkey, peer.url, peer.detail, exc)
     finally:
         peer.seconds = time.perf_counter() - t0
     return peer
@@ -130,8 +153,12 @@ def collect_window(
     max_workers: int = 16,
     stores: StorageCache | None = None,
 ) -> dict[str, Collected]:
-    """Read every registered miner's delta for ``window``; one :class:`Collected` per hotkey."""
-    stores = stores or StorageCache()
+    """Read every registered miner's delta for ``window``; one :class:`Collected` per hotkey.
+
+    ``allow_local_storage`` is the policy's development flag; given ``stores``, their own
+    policy applies instead (it is what the window loop keeps between windows).
+    """
+    stores = stores or StorageCache(policy=EndpointPolicy(allow_private=allow_local_storage))
     peers: dict[str, Collected] = {}
     todo: list[Collected] = []
     for hotkey, uid in hotkeys.items():
@@ -140,10 +167,8 @@ def collect_window(
         peers[hotkey] = peer
         if not url:
             peer.reason, peer.detail = Rejection.MISSING.value, "no storage commitment"
-        elif not storage_url_allowed(url, allow_local_storage=allow_local_storage):
-            peer.reason, peer.detail = BAD_URL, url.partition("://")[0][:16]
         else:
-            todo.append(peer)
+            todo.append(peer)  # the policy is applied in the reading thread: resolving a host takes time
     if not todo:
         return peers
     pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(todo))), thread_name_prefix="collect")
@@ -157,8 +182,9 @@ def collect_window(
     for fut in done:
         if fut.exception() is not None:  # _read_one catches storage errors; this is a bug guard
             peer = futures[fut]
+            log.error("window %d: reading %s's store failed: %r", window, peer.hotkey, fut.exception())
             peers[peer.hotkey] = Collected(peer.hotkey, peer.uid, peer.url, reason=UNAVAILABLE,
-                                           detail=repr(fut.exception())[:500])
+                                           detail=STORE_ERROR)
     pool.shutdown(wait=False, cancel_futures=True)
     if pending:
         log.warning("window %d: %d peer(s) timed out while collecting", window, len(pending))

@@ -13,8 +13,9 @@ Per registered peer, exactly one of:
   peers of the window by contribution; final = max(0, ordinal) x max(0, bma) x sync_score
   (``scoring.final``).
 * otherwise a ``scoring.final.WindowOutcome`` chosen from the stored reason (missing /
-  timeout / storage unavailable -> missing; late / early -> late; out_of_sync; copy or
-  replay -> copy; our own evaluation failure -> inactive; anything else -> invalid), and
+  timeout / storage unavailable / foreign / wrong window -> missing; late / early -> late;
+  out_of_sync; copy or replay -> copy; our own evaluation failure -> inactive; anything
+  else -> invalid), and
   ``scoring.final.apply_penalties`` applies the documented constants (x0.75 decay, reset
   after 3 idle windows, 0 for invalid, 200-window ban for copies).
 """
@@ -37,6 +38,11 @@ DEFAULT_SIGMA = 25.0 / 3.0
 #: An accepted peer whose evaluation failed on the validator's side (not the peer's fault).
 EVAL_FAILED = "evaluation_failed"
 COPY_REASONS = frozenset({Rejection.COPY.value, Rejection.REPLAY.value})
+#: Reasons judged like an absent upload. ``foreign`` and ``wrong_window`` are here because the
+#: bytes were not signed by this hotkey for this window: anyone with write access to the
+#: miner's store could have planted them over its real upload (``scoring.filters.Rejection``).
+MISSING_REASONS = frozenset({Rejection.MISSING.value, TIMEOUT, UNAVAILABLE, Rejection.FOREIGN.value,
+                             Rejection.WRONG_WINDOW.value})
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +105,7 @@ def _window_outcome(window: int, reason: str) -> Any:
     """The ``scoring.final.WindowOutcome`` of a peer that was not evaluated."""
     from scoring.final import WindowOutcome as Verdict
 
-    if reason in (Rejection.MISSING.value, TIMEOUT, UNAVAILABLE):
+    if reason in MISSING_REASONS:
         return Verdict.missing(window)
     if reason in (Rejection.LATE.value, Rejection.EARLY.value):
         return Verdict.late(window)

@@ -8,14 +8,19 @@ and a failure of one peer never affects another (every step is per peer and caug
 1. registered hotkey and not banned (DB state), collected on time (collect.py);
 2. the strict wire parser: size, structure, signature (its ``WireError.reason`` is kept
    as the detail of ``malformed``; a bad signature has its own reason);
-3. the signed metadata: window == W (an older window is a *replay*), hotkey == uploader
-   (someone else's signed delta re-uploaded is a *copy*), spec version;
+3. the signed metadata: spec version, hotkey == uploader, window == W. An upload signed
+   by another hotkey (``foreign``) or for another window (``wrong_window``) is not held
+   against the miner: whoever can write to its store can put those there (another miner's
+   signed delta, the victim's own old one), so they count as *missing*, never as a copy or
+   replay (which ban for 200 windows);
 4. sync: the signed base-model hash must be theta_W's; the hash of an older theta (kept
    in ``recent_hashes``) counts as ``steps_behind`` for the sync score, anything else
    (or too far behind) is ``out_of_sync``;
 5. decode, finiteness, and norm bounds against the median of this window's norms;
 6. copy detection within the window and against earlier windows' sketches
    (``scoring.copies``); the earlier uploader is kept, the later one rejected and banned.
+   Only deltas that passed step 3 get here, so a ban always rests on the hotkey's own
+   signature for W.
 """
 
 from __future__ import annotations
@@ -139,13 +144,11 @@ def decode_upload(encoded: Mapping[str, object], shapes: Mapping[str, tuple[int,
 def _check_meta(meta: object, *, window: int, hotkey: str, hp: HParams) -> tuple[Rejection, str] | None:
     if getattr(meta, "spec_version", None) != hp.spec_version:
         return Rejection.MALFORMED, f"spec_version {getattr(meta, 'spec_version', None)} != {hp.spec_version}"
-    if getattr(meta, "hotkey", None) != hotkey:
-        return Rejection.COPY, f"signed by {getattr(meta, 'hotkey', None)}"
+    if getattr(meta, "hotkey", None) != hotkey:  # not this miner's signature: maybe planted, never a ban
+        return Rejection.FOREIGN, f"signed by {str(getattr(meta, 'hotkey', None))[:64]}"
     signed_window = getattr(meta, "window", None)
-    if signed_window != window:
-        if isinstance(signed_window, int) and signed_window < window:
-            return Rejection.REPLAY, f"signed for window {signed_window}"
-        return Rejection.MALFORMED, f"signed for window {signed_window}"
+    if signed_window != window:  # the miner's own upload for another window: maybe put back by someone else
+        return Rejection.WRONG_WINDOW, f"signed for window {str(signed_window)[:24]}"
     return None
 
 

@@ -29,6 +29,7 @@ from chain.base import Chain
 from protocol.follow import Follower, declared_validators
 from protocol.global_model import GlobalModel, OutOfSync
 from protocol.hparams import HParams
+from protocol.peer_storage import EndpointPolicy
 from protocol.storage import Storage
 from protocol.windows import window_bounds
 from validator import metrics
@@ -56,14 +57,18 @@ class ValidatorContext:
     stage2: Stage2Runner
     codec_cfg: Any
     follower: Follower
-    allow_local_storage: bool = False
+    allow_local_storage: bool = False  # miners' file:// / http / private stores (GAUNTLET_ALLOW_PRIVATE_MINER_STORAGE)
     per_peer_timeout_s: float = 30.0
     is_leader: Any = lambda: True  # callable: may this process set weights now?
     model: GlobalModel | None = None
     recent_hashes: dict[str, int] = field(default_factory=dict)  # model hash -> window of that theta
     history: SketchHistory | None = None
-    stores: StorageCache = field(default_factory=StorageCache)
+    stores: StorageCache | None = None  # miners' stores; None: opened under the policy allow_local_storage sets
     follow_recorded: tuple[Any, ...] = ()  # the follow status last written to the database
+
+    def __post_init__(self) -> None:
+        if self.stores is None:  # built here so the policy can never disagree with allow_local_storage
+            self.stores = StorageCache(policy=EndpointPolicy(allow_private=self.allow_local_storage))
 
     @property
     def hotkey(self) -> str:

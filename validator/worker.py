@@ -22,8 +22,9 @@ from typing import Any
 
 from protocol.global_model import GlobalModel, sync_global_model
 from protocol.hparams import HParams
+from protocol.peer_storage import EndpointPolicy
 from protocol.storage import Storage, delta_key
-from validator.collect import StorageCache, storage_url_allowed
+from validator.collect import StorageCache
 from validator.evaluate import EvalJob, EvalResult, PageSource, WindowEvaluator
 from validator.queue import Job, WorkQueue
 from validator.stage1 import decode_upload
@@ -63,7 +64,7 @@ class WorkerConfig:
 
     consumer: str
     validator_hotkey: str  # the validator this worker serves: its store holds theta's history
-    allow_local_storage: bool = False
+    allow_local_storage: bool = False  # the miner-store policy's dev flag (GAUNTLET_ALLOW_PRIVATE_MINER_STORAGE)
     stale_ms: int = 60_000  # reclaim jobs idle this long (their worker died)
     block_ms: int = 1000
 
@@ -73,7 +74,7 @@ class Worker:
                  pages: PageSource, codec_cfg: Any) -> None:
         self.cfg, self.hp, self.queue = cfg, hp, queue
         self.publish_storage, self.pages, self.codec_cfg = publish_storage, pages, codec_cfg
-        self.stores = StorageCache()
+        self.stores = StorageCache(policy=EndpointPolicy(allow_private=cfg.allow_local_storage))
         self.model: GlobalModel | None = None
         self._evaluator: tuple[tuple[int, tuple[int, ...]], WindowEvaluator] | None = None
 
@@ -92,9 +93,7 @@ class Worker:
     def fetch(self, payload: dict[str, Any]) -> EvalJob:
         from protocol.wire import WireError, parse_delta
 
-        url = payload["url"]
-        if not storage_url_allowed(url, allow_local_storage=self.cfg.allow_local_storage):
-            raise JobError(f"storage URL scheme not allowed: {url[:16]}")
+        url = payload["url"]  # the policy refuses it here too (StorageRefused) if the validator's would
         data = self.stores.get(url).get(delta_key(payload["window"], payload["hotkey"]),
                                         max_bytes=self.hp.max_upload_bytes)
         assert self.model is not None

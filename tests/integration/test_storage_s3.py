@@ -16,6 +16,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from protocol.storage import (
+    AccessDenied,
     S3Storage,
     Storage,
     StorageError,
@@ -43,9 +44,14 @@ def endpoint() -> Iterator[str]:
 
 @pytest.fixture(autouse=True)
 def _direct_to_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A proxy configured on the host must not intercept the loopback server."""
+    """A proxy configured on the host must not intercept the loopback server.
+
+    The server is on loopback, so a *miner's* store here is readable only with the
+    development flag, which this module sets as an operator would.
+    """
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GAUNTLET_ALLOW_PRIVATE_MINER_STORAGE", "1")
 
 
 @pytest.fixture
@@ -130,3 +136,24 @@ def test_unreachable_endpoint_is_storage_unavailable() -> None:
         store.get("k", max_bytes=10)
     assert raised.value.key == "k" and len(sleeps) == 2
     assert time.monotonic() - started < 10
+
+
+def test_a_miner_store_on_loopback_is_read_unsigned_only_with_the_dev_flag(endpoint: str, bucket: str) -> None:
+    from protocol.peer_storage import EndpointPolicy, StorageRefused, open_peer_storage
+    from protocol.settings import load_settings
+
+    key = f"miner/{delta_key(4, HOTKEY)}"
+    owner = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                         region_name="us-east-1")
+    owner.put_object(Bucket=bucket, Key=key, Body=b"signed delta", ACL="public-read")  # miners publish public-read
+    owner.put_object(Bucket=bucket, Key=f"miner/{delta_key(5, HOTKEY)}", Body=b"private")
+    url = f"s3://{bucket}/miner?endpoint={endpoint}&region=us-east-1&path_style=1"
+    policy = EndpointPolicy(allow_private=load_settings().allow_private_miner_storage)
+    assert policy.allow_private
+    store = open_peer_storage(url, policy)
+    assert store.get(delta_key(4, HOTKEY), max_bytes=100) == b"signed delta"
+    with pytest.raises(AccessDenied):  # unsigned: what only the owner's keys may read stays unread
+        store.get(delta_key(5, HOTKEY), max_bytes=100)
+    with pytest.raises(StorageRefused, match="private address"):
+        open_peer_storage(url, EndpointPolicy())
+

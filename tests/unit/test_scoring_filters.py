@@ -25,6 +25,8 @@ def test_rejection_values_are_pinned() -> None:
         "copy",
         "replay",
         "banned",
+        "foreign",  # appended: uploads not signed by the hotkey for W, judged missing (never a ban)
+        "wrong_window",
     ]
     assert Rejection("late") is Rejection.LATE
     assert f"{Rejection.COPY}" == "copy"

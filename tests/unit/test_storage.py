@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 import protocol.storage as storage_mod
 from protocol.storage import (
     CHUNK_BYTES,
+    AccessDenied,
     LocalStorage,
     ObjectInfo,
     ObjectNotFound,
@@ -609,7 +610,7 @@ def test_s3_gives_up_with_storage_unavailable(s3_with: S3With) -> None:
         (_client_error("404", 404), ObjectNotFound, "no such object"),
         (_client_error("NoSuchKey", 404), ObjectNotFound, "no such object"),
         (_client_error("NoSuchBucket", 404), StorageError, "bucket 'bucket' does not exist"),
-        (_client_error("AccessDenied", 403), StorageError, "AccessDenied"),
+        (_client_error("AccessDenied", 403), AccessDenied, "AccessDenied"),  # a StorageError
     ],
 )
 def test_s3_permanent_errors_are_not_retried(

@@ -1,22 +1,32 @@
 """Collection of a window's uploads: URL policy, timing by the store's clock, caps, timeouts.
 
+The SSRF tests run a real listener on loopback: a miner naming it must not get a single
+connection out of the validator (unless the development flag is on), and the receipt must
+carry a fixed phrase, never what the connection attempt revealed.
+
 Run: ``pytest tests/unit/test_validator_collect.py -q``
 """
 
 from __future__ import annotations
 
+import socket
 import threading
+from collections.abc import Iterator
+
+import pytest
 
 from protocol.hparams import HParams
+from protocol.peer_storage import NOT_FOUND, REFUSED_PRIVATE, REFUSED_SCHEME, UNREACHABLE, EndpointPolicy
 from protocol.storage import ObjectInfo, ObjectNotFound, ObjectTooLarge, delta_key
 from validator.collect import (
     BAD_URL,
     TIMEOUT,
     TOO_LARGE,
+    UNAVAILABLE,
+    Collected,
     StorageCache,
     WindowTimes,
     collect_window,
-    storage_url_allowed,
 )
 
 HP = HParams().override(**{"windows.upload_grace_s": 10.0, "max_upload_bytes": 2048})
@@ -45,12 +55,22 @@ class FakeStore:
         return data
 
 
+def _reasons(urls: list[str], *, allow: bool) -> list[tuple[str | None, str]]:
+    stores = StorageCache(lambda url: FakeStore({}), policy=EndpointPolicy(allow_private=allow))
+    hotkeys = {HK[i]: i for i in range(len(urls))}
+    got = collect_window(1, hotkeys=hotkeys, commitments=dict(zip(hotkeys, urls, strict=True)), times=TIMES,
+                         hp=HP, allow_local_storage=allow, stores=stores)
+    return [(got[hk].reason, got[hk].detail) for hk in hotkeys]
+
+
 def test_url_policy() -> None:
-    assert storage_url_allowed("s3://bucket/x", allow_local_storage=False)
-    assert not storage_url_allowed("file:///etc", allow_local_storage=False)
-    assert storage_url_allowed("file:///tmp/x", allow_local_storage=True)
-    assert not storage_url_allowed("http://x", allow_local_storage=True)
-    assert not storage_url_allowed("/etc/passwd", allow_local_storage=True)
+    urls = ["s3://bucket/x", "file:///etc", "http://x", "/etc/passwd", "s3://bkt?endpoint=https://10.0.0.1"]
+    assert _reasons(urls, allow=False) == [
+        ("missing", NOT_FOUND), (BAD_URL, REFUSED_SCHEME), (BAD_URL, REFUSED_SCHEME), (BAD_URL, REFUSED_SCHEME),
+        (BAD_URL, REFUSED_PRIVATE)]
+    assert _reasons(urls, allow=True) == [
+        ("missing", NOT_FOUND), ("missing", NOT_FOUND), (BAD_URL, REFUSED_SCHEME), (BAD_URL, REFUSED_SCHEME),
+        ("missing", NOT_FOUND)]
 
 
 def test_each_peer_gets_one_outcome() -> None:
@@ -91,3 +111,80 @@ def test_a_hanging_store_does_not_block_the_others() -> None:
         release.set()
     assert got[HK[0]].reason == TIMEOUT
     assert got[HK[1]].ok
+
+
+class Listener:
+    """A TCP server on 127.0.0.1 that records what reaches it and answers every request 404."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.requests.append(conn.recv(65536))
+                    conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def listener(monkeypatch: pytest.MonkeyPatch) -> Iterator[Listener]:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)  # a host proxy must not stand in for the loopback server
+    monkeypatch.setenv("GAUNTLET_S3_ACCESS_KEY_ID", "AKIAVALIDATOROWNKEY")  # the validator's own credentials
+    monkeypatch.setenv("GAUNTLET_S3_SECRET_ACCESS_KEY", "validator-secret")
+    server = Listener()
+    yield server
+    server.close()
+
+
+def _collect_from(urls: list[str], *, allow: bool) -> dict[str, Collected]:
+    hotkeys = {HK[i]: i for i in range(len(urls))}
+    return collect_window(3, hotkeys=hotkeys, commitments=dict(zip(hotkeys, urls, strict=True)), times=TIMES,
+                          hp=HP, allow_local_storage=allow, per_peer_timeout_s=20.0)
+
+
+def test_a_loopback_endpoint_gets_no_connection(listener: Listener) -> None:
+    urls = [f"s3://bkt?endpoint=http://127.0.0.1:{listener.port}&path_style=1",
+            f"s3://bkt?endpoint=https://127.0.0.1:{listener.port}",
+            f"s3://bkt?endpoint=http://[::ffff:127.0.0.1]:{listener.port}"]
+    got = _collect_from(urls, allow=False)
+    assert listener.connections == 0 and listener.requests == []
+    for peer in got.values():
+        assert (peer.reason, peer.detail) == (BAD_URL, REFUSED_PRIVATE)
+
+
+def test_dev_flag_reaches_loopback_unsigned_with_fixed_details(listener: Listener) -> None:
+    with socket.socket() as closed:  # a loopback port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]
+    urls = [f"s3://bkt?endpoint=http://127.0.0.1:{listener.port}&path_style=1",
+            f"s3://bkt?endpoint=http://127.0.0.1:{dead}&path_style=1"]
+    got = list(_collect_from(urls, allow=True).values())
+    assert (got[0].reason, got[0].detail) == ("missing", NOT_FOUND)
+    assert (got[1].reason, got[1].detail) == (UNAVAILABLE, UNREACHABLE)
+    assert listener.requests and all(r.startswith(b"HEAD /bkt/deltas/") for r in listener.requests)
+    for raw in listener.requests:  # anonymous: the validator's own key never leaves it
+        assert b"authorization" not in raw.lower() and b"AKIAVALIDATOROWNKEY" not in raw
+        assert b"x-amz-security-token" not in raw.lower()
+

@@ -77,3 +77,13 @@ def test_aggregate_ranking_keeps_improving_peers_best_first() -> None:
     outcome = combine_window(W, prev={k: PeerPrev(k) for k in "abc"}, stage1=s1, results=results, hp=HP)
     assert outcome.ranked_for_aggregate(5) == ["b", "a"]  # c made the random loss worse
     assert outcome.ranked_for_aggregate(1) == ["b"]
+
+
+@pytest.mark.parametrize("reason", ["foreign", "wrong_window"])
+def test_uploads_the_hotkey_did_not_sign_for_w_count_as_missing(reason: str) -> None:
+    """Planted bytes (another's signature, or the hotkey's own for another window) never ban or zero it."""
+    before = PeerPrev("v", mu=28.0, sigma=6.0, bma=0.3, score=2.0, inactive_windows=0)
+    s1 = Stage1Result(rejected={"v": Rejected("v", 1, reason, "signed by someone else")})
+    v = combine_window(W, prev={"v": before}, stage1=s1, results={}, hp=HP).peers["v"]
+    assert v.banned_until is None and (v.mu, v.sigma, v.bma) == (28.0, 6.0, 0.3)
+    assert v.score == pytest.approx(2.0 * HP.scoring.inactivity_decay) and v.inactive_windows == 1
