@@ -11,8 +11,15 @@ async servers, and the Bittensor backend hides its event loop behind them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+#: Subtensor's target block time; used only when the chain cannot be asked.
+NOMINAL_BLOCK_TIME_S = 12.0
+#: How far back :func:`seconds_per_block` measures: far enough to average out a late block,
+#: well inside the ~256 blocks of state a pruning node keeps.
+BLOCK_TIME_LOOKBACK = 32
 
 
 class ChainError(RuntimeError):
@@ -186,6 +193,28 @@ def coldkey_address(keypair_or_wallet: Any) -> str:
         except Exception as exc:
             raise WalletError(f"cannot read the coldkeypub of {keypair_or_wallet!r}: {exc}") from exc
     return hotkey_address(keypair_or_wallet)
+
+
+def seconds_per_block(chain: Chain, *, lookback: int = BLOCK_TIME_LOOKBACK,
+                      fallback: float = NOMINAL_BLOCK_TIME_S) -> float:
+    """Seconds per block, measured between the head and a block ``lookback`` blocks before it.
+
+    Durations must never be measured from block 0: on subtensor the genesis block has no
+    timestamp (``Timestamp.Now`` is 0 there, so a "window" would last ~1.7e9 s), and a
+    pruning node has discarded the state of all but its last few hundred blocks, so reading
+    it fails. Two recent blocks give the real pace; ``fallback`` covers a chain that cannot
+    answer (or is too young to measure).
+    """
+    try:
+        head = chain.block()
+        back = max(1, head - max(1, lookback))  # never block 0, whose timestamp is 0
+        if head <= back:
+            return fallback
+        elapsed = chain.block_timestamp(head) - chain.block_timestamp(back)
+    except ChainError:
+        return fallback
+    per_block = elapsed / (head - back)
+    return per_block if math.isfinite(per_block) and per_block > 0 else fallback
 
 
 def open_chain(url: str, *, block_time_s: float = 12.0, **kwargs: Any) -> Chain:

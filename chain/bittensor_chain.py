@@ -15,6 +15,7 @@ transport failures are retried with exponential backoff before becoming a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -32,7 +33,9 @@ from chain.base import (
     coldkey_address,
     hotkey_address,
 )
+from chain.wallets import unlock_coldkey
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 U16_MAX = 65535
 MAX_COMMITMENT_BYTES = 128  # the Commitments pallet's largest Raw field
@@ -121,9 +124,29 @@ class BittensorChain:
         return self._block_time_s
 
     def block_timestamp(self, block: int) -> float:
+        """The block's ``Timestamp.Now``; extrapolated from the head where the chain has none to give.
+
+        Three cases have no readable timestamp: a block not produced yet, the genesis block
+        (its ``Timestamp.Now`` is 0) and a block whose state a pruning node has discarded
+        (older than its last few hundred blocks, e.g. a window being caught up after downtime).
+        Subtensor's slots are fixed, so head time minus whole blocks is accurate to a block.
+        """
         head = self.block()
-        if block > head:  # not produced yet: extrapolate from the head
-            return self.block_timestamp(head) + (block - head) * self.block_time_s()
+        if block >= head:
+            return self._timestamp(head) + (block - head) * self.block_time_s()
+        try:
+            stamp = self._timestamp(block)
+        except ChainUnavailableError:
+            raise
+        except ChainError as exc:
+            log.warning("no timestamp for block %d on %s (%s); extrapolating from the head", block,
+                        self.endpoint, exc)
+            stamp = 0.0
+        if stamp > 0:
+            return stamp
+        return self._timestamp(head) - (head - block) * self.block_time_s()
+
+    def _timestamp(self, block: int) -> float:
         return float(self._call("timestamp", lambda: self._client.timestamp(block)).timestamp())
 
     def wait_for_block(self, block: int, timeout_s: float) -> int:
@@ -182,12 +205,18 @@ class BittensorChain:
         uid = self._call("uid lookup", lambda: self._client.query(("SubtensorModule", "Uids"), [netuid, hot]))
         if uid is not None:
             return int(uid)
-        if not hasattr(keypair_or_wallet, "coldkey") or coldkey_address(keypair_or_wallet) == hot:
+        # ``coldkey_file`` first: on an SDK Wallet, merely touching ``.coldkey`` decrypts (and prompts).
+        has_coldkey = hasattr(keypair_or_wallet, "coldkey_file") or hasattr(keypair_or_wallet, "coldkey")
+        if not has_coldkey or coldkey_address(keypair_or_wallet) == hot:
             raise NotRegisteredError(
                 f"hotkey {hot} is not registered on subnet {netuid}; registering costs TAO and needs the "
                 "coldkey: pass a Wallet or run `btcli subnets register`")
+        # The coldkey pays and signs; the hotkey is only the call's argument. Handing the SDK the
+        # unlocked coldkey keypair (not the wallet) makes that explicit and fails before any RPC
+        # when the coldkey cannot be unlocked.
+        coldkey = unlock_coldkey(keypair_or_wallet)
         self._submit("register", lambda: self._client.execute(
-            bt.BurnedRegister(netuid=netuid, hotkey_ss58=hot), keypair_or_wallet))
+            bt.BurnedRegister(netuid=netuid, hotkey_ss58=hot), coldkey))
         uid = self._call("uid lookup", lambda: self._client.query(("SubtensorModule", "Uids"), [netuid, hot]))
         if uid is None:
             raise ChainError(f"registration of {hot} on subnet {netuid} was included but no uid was assigned")

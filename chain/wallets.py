@@ -9,6 +9,7 @@ coldkeys are written unencrypted (they guard nothing of value); never use
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,35 @@ def load_hotkey(wallet_path: str | Path, name: str, hotkey: str) -> Any:
         return wallet.hotkey
     except Exception as exc:
         raise WalletError(f"cannot read hotkey {hotkey!r} of wallet {name!r}: {exc}") from exc
+
+
+def unlock_coldkey(wallet: Any) -> Any:
+    """The wallet's private coldkey ``Keypair``, which pays for and signs a registration.
+
+    Unlocked here, up front, rather than lazily inside the SDK's submit: a miner started by a
+    supervisor has no terminal, and a password prompt there would hang (or die on EOF) in the
+    middle of an extrinsic. The password comes from the SDK's own sources
+    (``BT_WALLET_PASSWORD``, the per-wallet ``BT_PW_...`` variable, ``BT_WALLET_PASSWORD_FILE``);
+    without one, an encrypted coldkey is only unlocked where someone can type the password.
+    """
+    from bittensor.wallets import resolve_wallet_password, signing_keypair
+    from bittensor_core import KeyfileError
+
+    if not hasattr(wallet, "coldkey_file"):  # a wallet-shaped object that already holds its keys
+        return wallet.coldkey
+    name = getattr(wallet, "name", "?")
+    cold = wallet.coldkey_file
+    if not cold.exists_on_device():
+        raise WalletError(f"wallet {name!r} has no coldkey file at {cold.path} (only its public key?); "
+                          "registration is paid and signed by the coldkey")
+    try:
+        if cold.is_encrypted() and resolve_wallet_password(wallet) is None and not sys.stdin.isatty():
+            raise WalletError(
+                f"the coldkey of wallet {name!r} is encrypted and there is no terminal to ask for its "
+                "password: set BT_WALLET_PASSWORD (or BT_WALLET_PASSWORD_FILE to a file holding it)")
+        return signing_keypair(wallet, "coldkey")
+    except (ValueError, OSError, KeyfileError) as exc:
+        raise WalletError(f"cannot unlock the coldkey of wallet {name!r}: {exc}") from exc
 
 
 def list_wallets(wallet_path: str | Path | None = None) -> dict[str, list[str]]:

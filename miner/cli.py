@@ -23,7 +23,9 @@ def run(
     chain: str | None = typer.Option(None, "--chain", help="Chain URL (overrides settings)."),
     storage: str | None = typer.Option(None, "--storage", help="Storage URL for this miner's uploads."),
     netuid: int | None = typer.Option(None, "--netuid"),
-    register: bool = typer.Option(False, "--register", help="Register the hotkey first (local chain)."),
+    register: bool = typer.Option(
+        False, "--register", help="Register the hotkey first: burned registration, paid and signed by the "
+        "wallet's coldkey (an encrypted coldkey is unlocked with BT_WALLET_PASSWORD)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (under torchrun: one GPU per rank)."),
     windows: int | None = typer.Option(None, "--windows", help="Stop after N windows (default: forever)."),
     metrics_port: int | None = typer.Option(None, "--metrics-port"),
@@ -72,6 +74,7 @@ def _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, ne
         connect_storage,
         ensure_registered,
         load_keypair,
+        load_registering_wallet,
         publish_commitment,
     )
     from protocol.hparams import HParamsError, load_hparams
@@ -100,7 +103,9 @@ def _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, ne
     storage_ = connect_storage(settings.storage_url)
     metrics = MinerMetrics()
     if info.is_main:
-        ensure_registered(chain_, keypair, settings.netuid, register)
+        wallet = (load_registering_wallet(settings.wallet_path, settings.wallet_name, settings.wallet_hotkey)
+                  if register else None)
+        ensure_registered(chain_, keypair, settings.netuid, register, wallet=wallet)
         publish_commitment(chain_, keypair, settings.netuid, settings.storage_url)
         metrics.serve(settings.metrics_port)
     mdist.barrier(info)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from chain.base import Chain
+from chain.base import Chain, seconds_per_block
 from miner import distributed as mdist
 from miner.compress import Compressor
 from miner.metrics import MinerMetrics, ProgressLine
@@ -159,8 +159,8 @@ class Miner:
             self.chain.wait_for_block(start, timeout_s=max(60.0, 3 * self.window_seconds()))
 
     def window_seconds(self) -> float:
-        b = self.hp.windows.blocks_per_window
-        return self.chain.block_timestamp(b) - self.chain.block_timestamp(0)
+        """A window's length from the chain's recent pace (never from block 0: see ``seconds_per_block``)."""
+        return self.hp.windows.blocks_per_window * seconds_per_block(self.chain)
 
     def ready_to_train(self, window: int) -> bool:
         """Reach θ_W (waiting a bounded time for the validator to publish it) and check the window is open."""

@@ -31,6 +31,16 @@ def load_keypair(wallet_path: Any, name: str, hotkey: str) -> Any:
         raise MinerSetupError(f"wallet: {exc}") from None
 
 
+def load_registering_wallet(wallet_path: Any, name: str, hotkey: str) -> Any:
+    """The whole SDK ``Wallet``: registering is paid and signed by its coldkey, not by the hotkey."""
+    from chain.wallets import load_wallet
+
+    try:
+        return load_wallet(wallet_path, name, hotkey)
+    except ChainError as exc:
+        raise MinerSetupError(f"wallet: {exc}") from None
+
+
 def connect_chain(url: str) -> Chain:
     from chain.base import open_chain
 
@@ -57,12 +67,17 @@ def connect_storage(url: str) -> Storage:
     return storage
 
 
-def ensure_registered(chain: Chain, keypair: Any, netuid: int, register: bool) -> int:
-    """This hotkey's uid, registering it first when asked."""
+def ensure_registered(chain: Chain, keypair: Any, netuid: int, register: bool, wallet: Any = None) -> int:
+    """This hotkey's uid, registering it first when asked.
+
+    Registration goes through ``wallet`` (hotkey and coldkey) when given: on subtensor the
+    coldkey pays the burn and signs ``burned_register``, with the hotkey as its argument, so a
+    bare hotkey keypair can only register on the local chain.
+    """
     hotkey = keypair.ss58_address
     try:
         if register:
-            uid = chain.register(keypair, netuid)
+            uid = chain.register(wallet if wallet is not None else keypair, netuid)
             log.info("registered %s on subnet %d as uid %d", hotkey, netuid, uid)
             return uid
         uid = chain.metagraph(netuid).uid_of(hotkey)

@@ -28,7 +28,7 @@ from typing import Any
 from protocol.windows import window_bounds, window_of
 from validator import metrics
 from validator.db import repo
-from validator.setweights import maybe_set_weights
+from validator.setweights import maybe_set_weights, resend_unsent
 from validator.window import (
     ModelNotReady,
     ValidatorContext,
@@ -123,7 +123,11 @@ def pending_windows(ctx: ValidatorContext, cfg: LoopConfig) -> list[int]:
 
 
 def run_pass(ctx: ValidatorContext, cfg: LoopConfig, limit: int | None = None) -> list[WindowReport]:
-    """Score (or close) the windows that are ready, oldest first, at most ``catch_up`` of them."""
+    """Score (or close) the windows that are ready, oldest first, at most ``catch_up`` of them.
+
+    First, a weight set claimed but never sent (the process died in between) is finished.
+    """
+    resend_unsent(ctx)
     todo = pending_windows(ctx, cfg)
     newest = window_of(ctx.chain.block(), ctx.hp.windows) - 1  # the last closed window
     reports = []

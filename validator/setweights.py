@@ -2,9 +2,15 @@
 
 Only the leader sets weights (the Redis ``LeaderLease`` when Redis is configured; a lone
 validator is always the leader). The weight set is *claimed* in the database first
-(``record_weight_set``, unique per window) and the extrinsic sent only if the claim is new,
-so neither a restart (even ``kill -9`` between claim and send) nor a second validator
-instance can set weights twice for one window. The version key is the spec version.
+(``record_weight_set``, unique per window, ``tx_status="pending"``), then sent, then marked
+with the outcome, so a second validator instance cannot set weights twice for one window.
+
+A crash between claim and mark leaves the claim pending. Dropping it would lose that weight
+period for good (the window is scored and is not scored again), so every pass starts with
+:func:`resend_unsent`: a pending set of the current weight period is sent again, unless the
+chain shows it already applied (the crash came after the send), in which case it is only
+marked sent. A pending set whose period is over is marked failed: its weights are stale.
+The version key is the spec version.
 """
 
 from __future__ import annotations
@@ -15,9 +21,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from chain.base import ChainError
+from protocol.windows import window_of
 from validator import metrics
 from validator.db import repo
-from validator.db.models import Peer
+from validator.db.models import Peer, WeightSet
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +74,72 @@ def maybe_set_weights(ctx: Any, window: int) -> bool:
     with ctx.sessions() as s:
         if not repo.record_weight_set(s, window=window, uids=uids, weights=weights, version_key=version,
                                       block=ctx.chain.block()):
-            return False  # already claimed (restart or another instance)
+            return False  # already claimed (restart or another instance); resend_unsent finishes it
+    return _send(ctx, window, uids, weights, version)
+
+
+def _send(ctx: Any, window: int, uids: list[int], weights: list[float], version: int) -> bool:
+    """Send a claimed weight set and record the outcome; True on success."""
     try:
         ctx.chain.set_weights(ctx.keypair, ctx.netuid, uids, weights, version)
         status, detail = "success", None
     except ChainError as exc:
         status, detail = "failed", f"{type(exc).__name__}: {exc}"[:500]
         log.warning("window %d: set_weights failed: %s", window, detail)
+    _mark(ctx, window, status, detail)
+    return status == "success"
+
+
+def _mark(ctx: Any, window: int, status: str, detail: str | None) -> None:
     with ctx.sessions() as s:
         repo.update_weight_set(s, window=window, tx_status=status, tx_detail=detail, block=ctx.chain.block())
     metrics.WEIGHTS_SET.labels(outcome=status).inc()
-    return status == "success"
+
+
+def resend_unsent(ctx: Any) -> bool:
+    """Finish weight sets claimed but never marked (a crash between claim and send); True if one was sent."""
+    if not ctx.is_leader():
+        return False
+    with ctx.sessions() as s:
+        pending = [(w.window, list(w.uids), list(w.weights), int(w.version_key), w.block) for w in s.scalars(
+            sa.select(WeightSet).where(WeightSet.tx_status == "pending").order_by(WeightSet.window))]
+    if not pending:
+        return False
+    *superseded, (window, uids, weights, version, block) = pending
+    for old in superseded:
+        _mark(ctx, old[0], "failed", "claimed but never sent; superseded by a later weight set")
+    if window_of(ctx.chain.block(), ctx.hp.windows) > window + ctx.hp.weights.set_every_windows:
+        _mark(ctx, window, "failed", "claimed but never sent; its weight period is over")
+        return False
+    try:
+        applied = applied_on_chain(ctx, uids, weights, block)
+    except ChainError as exc:
+        log.warning("window %d: cannot check the chain for an unsent weight set (%s); retrying later", window, exc)
+        return False
+    if applied:
+        log.info("window %d: the weight set claimed before a restart is on chain; marking it sent", window)
+        _mark(ctx, window, "success", "found applied on chain after a restart")
+        return False
+    log.warning("window %d: weight set claimed but never sent (restart); sending it now", window)
+    return _send(ctx, window, uids, weights, version)
+
+
+def applied_on_chain(ctx: Any, uids: list[int], weights: list[float], claimed_block: int | None) -> bool:
+    """Whether this validator's weights on chain are the claimed set, sent before a crash.
+
+    The claim's block tells: an update of this hotkey after it can only be this set (the chain
+    includes an extrinsic in a later block than the one it was sent at). An update in the
+    claim's own block (a fast local chain) counts only if the stored weights are the claimed
+    ones, to within the chain's u16 quantisation.
+    """
+    meta = ctx.chain.metagraph(ctx.netuid)
+    uid = meta.uid_of(ctx.hotkey)
+    if uid is None:
+        return False
+    last = int(meta.last_update[meta.uids.index(uid)])
+    if claimed_block is not None and last != claimed_block:
+        return last > claimed_block
+    total = float(sum(weights))
+    want = {int(u): float(w) / total for u, w in zip(uids, weights, strict=True) if w > 0}
+    have = ctx.chain.weights(ctx.netuid).get(uid, {})
+    return set(have) == set(want) and all(abs(have[u] - want[u]) <= 1e-3 for u in want)

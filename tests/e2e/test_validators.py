@@ -115,10 +115,11 @@ def check_agreement_run(run_dir: Path) -> None:
     low = [(epoch, a, b, rho) for epoch, a, b, rho in rhos if rho < 0.9]
     assert not low, (low, {name: d["weights"] for name, d in dbs.items()})
     for name, v in summary["validators"].items():
-        # The late validator ranks alike but its score magnitudes lag (its ratings have less history):
-        # measured 0.90-0.99 over five runs, against 1.00 for the validators there from genesis.
-        floor = 0.85 if validators[name]["delay_windows"] else 0.95
-        assert v["validator_trust"] is not None and v["validator_trust"] >= floor, (name, v["validator_trust"])
+        # Ranks agree (rho above); magnitudes differ: the late validator's ratings have less history
+        # (0.90-0.99 over five runs), and every validator's per-page indicators come from its own
+        # random pages, so their bma differ (a genesis validator measured 0.937 once the indicator
+        # went per page, scoring.loss; 1.00 before).
+        assert v["validator_trust"] is not None and v["validator_trust"] >= 0.85, (name, v["validator_trust"])
         assert v["follow"]["state"] in ("following", "waiting"), (name, v["follow"])
     # The honest miners are paid, the cheats are not.
     for n, p in peers.items():

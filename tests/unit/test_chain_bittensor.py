@@ -1,17 +1,14 @@
-"""The Bittensor backend through the SDK's own ``Substrate`` seam.
+"""The Bittensor backend through the SDK's own ``Substrate`` seam (``tests.unit.fake_substrate``).
 
-``FakeSubstrate`` implements just the calls the SDK makes for the metagraph (the
-``SubnetInfoRuntimeApi.get_metagraph`` runtime call and the Commitments maps),
-commitments (a hotkey-signed ``Commitments.set_commitment``) and ``SetWeights``
-(preflight storage reads, then ``set_mechanism_weights``). Nothing in the SDK or the
-backend is patched: the backend gets the fake as ``substrate=``.
+Nothing in the SDK or the backend is patched: the backend gets the fake as ``substrate=``.
 """
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any
 
-import bittensor as bt
 import pytest
 from bittensor.sp_core import Keypair
 
@@ -21,140 +18,12 @@ from chain.base import (
     NotRegisteredError,
     RateLimitedError,
     SubnetNotFoundError,
+    WalletError,
+    seconds_per_block,
 )
 from chain.bittensor_chain import BittensorChain
+from tests.unit.fake_substrate import GENESIS_MS, FakeSubstrate
 
-RAO = 10**9
-
-
-class FakeSubstrate:
-    """A one-subnet in-memory chain answering the SDK's reads and writes."""
-
-    token_symbols: dict[int, str]
-
-    def __init__(
-        self,
-        hotkeys: list[str],
-        stakes: list[float],
-        *,
-        netuid: int = 1,
-        rate_limit: int = 0,
-        fail_connects: int = 0,
-    ) -> None:
-        self.token_symbols = {}
-        self.netuid, self.head, self.rate_limit = netuid, 100, rate_limit
-        self.hotkeys, self.stakes = hotkeys, stakes
-        self.last_update = [0] * len(hotkeys)
-        self.weights: dict[int, list[tuple[int, int]]] = {}
-        self.commitments: dict[str, dict] = {}
-        self.submitted: list[tuple[str, str, dict]] = []
-        self.fail_connects = fail_connects
-
-    def balance(self, rao: int, netuid: int = 0) -> bt.Balance:
-        return bt.Balance(int(rao), netuid, None)
-
-    async def connect(self) -> None:
-        if self.fail_connects:
-            self.fail_connects -= 1
-            raise bt.RpcConnectionError("connection refused")
-
-    async def close(self) -> None:
-        pass
-
-    async def block_number(self) -> int:
-        return self.head
-
-    async def block_hash(self, block: int | None = None) -> str:
-        return f"0x{(self.head if block is None else block):064x}"
-
-    async def block_time(self) -> float:
-        return 12.0
-
-    async def runtime_call(self, api: str, method: str, params: list, block_hash: str | None = None) -> Any:
-        assert (api, method) == ("SubnetInfoRuntimeApi", "get_metagraph")
-        if params != [self.netuid]:
-            return None
-        n = len(self.hotkeys)
-        return {
-            "netuid": self.netuid,
-            "block": self.head,
-            "tempo": 360,
-            "last_step": 0,
-            "blocks_since_last_step": 1,
-            "owner_hotkey": self.hotkeys[0],
-            "owner_coldkey": self.hotkeys[0],
-            "network_registered_at": 0,
-            "hotkeys": self.hotkeys,
-            "coldkeys": [f"cold-{i}" for i in range(n)],
-            "validator_permit": [s > 0 for s in self.stakes],
-            "last_update": self.last_update,
-            "incentives": [0] * (n - 1) + [U16],
-            "dividends": [U16] + [0] * (n - 1),
-            "emission": [RAO] * n,
-            "total_stake": [int(s * RAO) for s in self.stakes],
-            "consensus": [0] * n,
-            "active": [True] * n,
-        }
-
-    async def query(
-        self, module: str, name: str, params: list | None = None, block_hash: str | None = None
-    ) -> Any:
-        match name:
-            case "Uids":
-                hk = params[1]
-                return self.hotkeys.index(hk) if hk in self.hotkeys else None
-            case "CommitRevealWeightsEnabled":
-                return False
-            case "WeightsSetRateLimit":
-                return self.rate_limit
-            case "LastUpdate":
-                return self.last_update
-            case "MinAllowedWeights":
-                return 0
-            case "MaxWeightsLimit":
-                return U16
-            case "SubnetEpochConsensus":
-                return "Yuma"
-            case "Now":
-                return 1_700_000_000_000 + (int(block_hash, 16) * 12_000)
-        raise AssertionError(f"unexpected query {module}.{name}")
-
-    async def query_map(
-        self, module: str, name: str, params: list | None = None, block_hash: str | None = None
-    ) -> list:
-        match name:
-            case "TokenSymbol" | "RevealedCommitments":
-                return []
-            case "CommitmentOf":
-                return list(self.commitments.items())
-            case "Uids":
-                return [(hk, uid) for uid, hk in enumerate(self.hotkeys)]
-            case "Weights":
-                return sorted(self.weights.items())
-        raise AssertionError(f"unexpected map {module}.{name}")
-
-    async def compose(self, call: Any) -> Any:
-        return call
-
-    async def submit(self, call: Any, keypair: Any, **_: Any) -> bt.ExtrinsicResult:
-        who = keypair.ss58_address
-        self.submitted.append((call.module, call.function, call.params))
-        if call.function == "set_mechanism_weights":
-            uid = self.hotkeys.index(who)
-            self.weights[uid] = list(zip(call.params["dests"], call.params["weights"], strict=True))
-            self.last_update[uid] = self.head
-        elif call.function == "set_commitment":
-            # Stored as the node decodes it: BoundedVec<Data> comes back as a flat list of
-            # one-key dicts, Raw bytes as 0x-hex strings.
-            fields = [{k: "0x" + bytes(v).hex() for k, v in f.items()}
-                      for entry in call.params["info"]["fields"] for f in entry]
-            self.commitments[who] = {"block": self.head, "deposit": 0, "info": {"fields": fields}}
-        else:
-            raise AssertionError(f"unexpected call {call}")
-        return bt.ExtrinsicResult(True, "ok")
-
-
-U16 = 65535
 KEYS = [Keypair.create_from_uri(f"//bt-{i}") for i in range(3)]
 
 
@@ -226,3 +95,61 @@ def test_unreachable_endpoint_retries_then_fails_clearly(fake: FakeSubstrate) ->
     d = BittensorChain("ws://127.0.0.1:9944", substrate=fake, retries=2, backoff_s=0.1, sleep=sleeps.append)
     with pytest.raises(ChainUnavailableError, match=r"ws://127.0.0.1:9944 unreachable after 3 attempts"):
         d.block()
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def _wallet(root: Path, password: str | None = None) -> Any:
+    """A real SDK wallet on disk: coldkey (encrypted with ``password`` if given) and a hotkey."""
+    from bittensor import Wallet
+
+    w = Wallet(name="miner", hotkey="h", path=str(root))
+    w.create_new_coldkey(use_password=password is not None, coldkey_password=password, suppress=True)
+    w.create_new_hotkey(use_password=False, suppress=True)
+    return Wallet(name="miner", hotkey="h", path=str(root))  # fresh: nothing unlocked yet
+
+
+def test_register_is_signed_by_the_coldkey_for_the_hotkey(
+    chain: BittensorChain, fake: FakeSubstrate, tmp_path: Path
+) -> None:
+    wallet = _wallet(tmp_path)
+    hot, cold = wallet.hotkeypub.ss58_address, wallet.coldkeypub.ss58_address
+    assert chain.register(wallet, 1) == 3
+    [(module, function, params, signer)] = fake.signed
+    assert (module, function) == ("SubtensorModule", "burned_register")
+    assert signer == cold and params == {"netuid": 1, "hotkey": hot}
+    assert fake.submitted[-1][:2] == ("MevShield", "submit_encrypted")  # the SDK shields registration
+    assert chain.metagraph(1).coldkeys[3] == cold
+    assert chain.register(wallet, 1) == 3 and len(fake.signed) == 1  # already registered: nothing sent
+
+
+def test_register_with_an_encrypted_coldkey_needs_its_password_without_a_terminal(
+    chain: BittensorChain, fake: FakeSubstrate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("BT_WALLET_PASSWORD", "BT_WALLET_PASSWORD_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("sys.stdin", io.StringIO())  # no terminal: a prompt could never be answered
+    wallet = _wallet(tmp_path, password="correct horse")
+    with pytest.raises(WalletError, match="BT_WALLET_PASSWORD"):
+        chain.register(wallet, 1)
+    monkeypatch.setenv("BT_WALLET_PASSWORD", "wrong")
+    with pytest.raises(WalletError, match="wrong password"):
+        chain.register(wallet, 1)
+    assert fake.signed == []
+    monkeypatch.setenv("BT_WALLET_PASSWORD", "correct horse")
+    assert chain.register(wallet, 1) == 3
+    assert fake.signed[0][3] == wallet.coldkeypub.ss58_address
+
+
+# ----------------------------------------------------------------------------- time on a real chain
+
+
+def test_timestamps_on_a_pruning_node_whose_genesis_has_no_time(fake: FakeSubstrate) -> None:
+    fake.kept_blocks, fake.head = 50, 1000
+    chain = BittensorChain("ws://127.0.0.1:9944", substrate=fake, sleep=lambda _: None)
+    now = (GENESIS_MS + 1000 * 12_000) / 1000
+    assert chain.block_timestamp(990) == pytest.approx(now - 120)  # kept: read
+    assert chain.block_timestamp(500) == pytest.approx(now - 6000)  # pruned: extrapolated, not an error
+    assert chain.block_timestamp(0) == pytest.approx(now - 12_000)  # genesis has Timestamp.Now = 0
+    assert seconds_per_block(chain) == pytest.approx(12.0)

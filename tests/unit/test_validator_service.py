@@ -6,6 +6,9 @@ Run: ``pytest tests/unit/test_validator_service.py -q``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from protocol.global_model import GlobalModel, sync_global_model
 from protocol.hparams import HParams
@@ -114,3 +117,86 @@ def test_genesis_waits_for_higher_stake_validators_that_have_not_committed_yet()
     meta = SimpleNamespace(hotkeys=["b", "a", "c", "m"], stakes=[700.0, 1000.0, 700.0, 0.0],
                            validator_permit=[True, True, True, False])
     assert [service.genesis_rank(meta, hk) for hk in ("a", "b", "c", "m")] == [0, 1, 2, None]
+
+
+
+# ----------------------------------------------------------------------------- weights across a crash
+
+HP_EVERY = HP.override(**{"weights.set_every_windows": 1})  # window 0 is a weight period of its own
+
+
+def _weights_net(tmp: Path) -> simulate.LocalNet:
+    """A net whose window 0 has closed with two honest uploads (so it scores, and weights are due)."""
+    net = simulate.local_net(tmp, HP_EVERY, 2, pages=simulate.RandomPages(num_pages=64, page_seqs=2, seq_len=16))
+    theta = GlobalModel.initial(HP_EVERY, window=0)
+    for m in net.miners:
+        simulate.put(m, 0, simulate.honest_upload(m, theta, 0, net.pages, HP_EVERY, net.pages.num_pages),
+                     uploaded_at=net.window_time(0))
+    net.close_window(0)
+    return net
+
+
+def _ctx_every(tmp: Path, net: simulate.LocalNet):
+    settings = load_settings(None, home=tmp / "home", database_url=f"sqlite:///{tmp / 'v.db'}",
+                             storage=f"file://{tmp / 'vstore'}")
+    return build_context(settings, HP_EVERY, options=RunOptions(allow_local_storage=True), chain=net.chain,
+                         keypair=net.validator, pages=net.pages)
+
+
+def _crash_once(chain: Any, sends: list[int], *, after_send: bool) -> Any:
+    """``chain.set_weights`` whose first call dies like a killed process, before or after reaching the chain."""
+    real, crashed = chain.set_weights, []
+
+    def set_weights(*args: Any, **kwargs: Any) -> None:
+        if crashed or after_send:
+            real(*args, **kwargs)
+            sends.append(1)
+        if not crashed:
+            crashed.append(True)
+            raise SystemExit("killed")
+
+    return set_weights
+
+
+@pytest.mark.parametrize("after_send", [False, True])
+def test_weights_claimed_before_a_crash_are_sent_exactly_once_after_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after_send: bool
+) -> None:
+    net, sends = _weights_net(tmp_path), []
+    ctx = _ctx_every(tmp_path, net)
+    assert service.bootstrap(ctx, 0) == 0
+    monkeypatch.setattr(net.chain, "set_weights", _crash_once(net.chain, sends, after_send=after_send))
+    with pytest.raises(SystemExit):
+        service.run_pass(ctx, service.LoopConfig())
+    with ctx.sessions() as s:
+        assert repo.last_scored_window(s) == 0 and repo.latest_weight_set(s).tx_status == "pending"
+
+    restarted = _ctx_every(tmp_path, net)  # a new process on the same database
+    service.run_pass(restarted, service.LoopConfig())
+    service.run_pass(restarted, service.LoopConfig())
+    assert sends == [1]  # exactly once, whether or not the first try had reached the chain
+    with restarted.sessions() as s:
+        ws = repo.latest_weight_set(s)
+        assert ws is not None and ws.window == 0 and ws.tx_status == "success"
+        assert repo.get_window(s, window=0).status == "weights_set"
+    uid = net.chain.metagraph(1).uid_of(restarted.hotkey)
+    total = sum(ws.weights)
+    assert net.chain.weights(1)[uid] == pytest.approx(
+        {u: w / total for u, w in zip(ws.uids, ws.weights, strict=True)}, abs=1e-6)
+
+
+def test_an_unsent_weight_set_whose_period_is_over_is_not_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from validator.setweights import resend_unsent
+
+    net, sends = _weights_net(tmp_path), []
+    ctx = _ctx_every(tmp_path, net)
+    service.bootstrap(ctx, 0)
+    monkeypatch.setattr(net.chain, "set_weights", _crash_once(net.chain, sends, after_send=False))
+    with pytest.raises(SystemExit):
+        service.run_pass(ctx, service.LoopConfig())
+    net.clock.now = net.chain.block_timestamp(30)  # window 3: window 0's weight period (every 1) is over
+    assert not resend_unsent(_ctx_every(tmp_path, net)) and sends == []
+    with ctx.sessions() as s:
+        assert repo.latest_weight_set(s).tx_status == "failed"
