@@ -99,11 +99,6 @@ class Metagraph:
                 return uid
         return None
 
-    def hotkey_of(self, uid: int) -> str | None:
-        for u, hk in zip(self.uids, self.hotkeys, strict=True):
-            if u == uid:
-                return hk
-        return None
 
     def validators(self) -> list[int]:
         """Uids holding a validator permit."""
@@ -215,26 +210,3 @@ def seconds_per_block(chain: Chain, *, lookback: int = BLOCK_TIME_LOOKBACK,
         return fallback
     per_block = elapsed / (head - back)
     return per_block if math.isfinite(per_block) and per_block > 0 else fallback
-
-
-def open_chain(url: str, *, block_time_s: float = 12.0, **kwargs: Any) -> Chain:
-    """Open a chain from a settings URL.
-
-    ``local:<path>`` opens (creating on first use) the embedded SQLite chain;
-    ``ws://``/``wss://`` URLs, ``test``, ``finney`` and ``local`` (the SDK's name
-    for ws://127.0.0.1:9944) go to the Bittensor backend.
-    """
-    if url.startswith("local:"):
-        from chain.local import LocalChain
-
-        path = url.removeprefix("local:")
-        if not path:
-            raise ChainError("chain URL 'local:' needs a file path, e.g. local:/tmp/chain.db")
-        return LocalChain.open_or_create(path, block_time_s=block_time_s, **kwargs)
-    if url.startswith(("ws://", "wss://")) or url in {"test", "finney", "local", "archive", "latent-lite"}:
-        from chain.bittensor_chain import BittensorChain
-
-        return BittensorChain(url, **kwargs)
-    raise ChainError(
-        f"unrecognised chain URL {url!r}: use 'local:<path>', 'ws://host:port', 'test' or 'finney'"
-    )

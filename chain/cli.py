@@ -62,7 +62,8 @@ def chain_status(
     chain_url: str | None = typer.Option(None, "--chain", help="Chain URL (default: settings)."),
 ) -> None:
     """Block, window and the metagraph table of a subnet."""
-    from chain.base import ChainError, open_chain
+    from chain.base import ChainError
+    from chain.connect import open_chain
     from protocol.hparams import load_hparams
     from protocol.settings import load_settings
     from protocol.windows import window_of

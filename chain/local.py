@@ -299,12 +299,6 @@ class LocalChain:
             c.execute("INSERT INTO subnets VALUES (?, ?, ?, ?, ?, 0)", (netuid, hot, cold, b, epoch0))
         return netuid
 
-    def set_subnet_owner(self, netuid: int, owner: Any) -> None:
-        with self._write() as (c, _):
-            self._require_subnet(c, netuid)
-            c.execute("UPDATE subnets SET owner_hotkey = ?, owner_coldkey = ? WHERE netuid = ?",
-                      (hotkey_address(owner), coldkey_address(owner), netuid))
-
     def stake(self, hotkey: Any, amount: float) -> float:
         """Add ``amount`` (alpha) of stake to a hotkey (local only); returns the new total."""
         if amount < 0 or not math.isfinite(amount):

@@ -11,7 +11,8 @@ import logging
 from typing import Any
 
 from chain.base import Chain, ChainError
-from protocol.storage import ObjectNotFound, Storage, StorageError, open_storage
+from protocol.storage import ObjectNotFound, Storage, StorageError
+from protocol.storage_open import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def load_registering_wallet(wallet_path: Any, name: str, hotkey: str) -> Any:
 
 
 def connect_chain(url: str) -> Chain:
-    from chain.base import open_chain
+    from chain.connect import open_chain
 
     try:
         chain = open_chain(url)

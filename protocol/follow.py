@@ -102,7 +102,7 @@ def rank_validators(hotkeys: Sequence[str], stakes: Sequence[float], permits: Se
 
 def store_opener(*, allow_local: bool, opener: Callable[[str], Storage] | None = None) -> Callable[[str], Storage]:
     """Open (once per URL) the stores validators committed; a URL that may not be read is a StorageError."""
-    from protocol.storage import open_storage
+    from protocol.storage_open import open_storage
 
     open_ = opener or open_storage
     cache: dict[str, Storage] = {}

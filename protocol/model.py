@@ -206,9 +206,6 @@ class Model(nn.Module):
         """Mean next-token cross-entropy of each row, [B]; validators compare peers on the same rows."""
         return self._token_losses(tokens).mean(dim=1)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 # --------------------------------------------------------------------------- deterministic init
 

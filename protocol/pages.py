@@ -334,10 +334,6 @@ class PageStore:
         return self.manifest.num_pages
 
     @property
-    def num_train_pages(self) -> int:
-        return self.manifest.train_pages
-
-    @property
     def seq_len(self) -> int:
         return self.manifest.seq_len
 

@@ -46,9 +46,9 @@ from protocol.storage import (
     Storage,
     StorageError,
     StorageUnavailable,
-    open_storage,
     parse_s3_url,
 )
+from protocol.storage_open import open_storage
 
 __all__ = [
     "ACCESS_DENIED",

@@ -3,8 +3,8 @@
 This module owns where miners' deltas, validators' aggregates and checkpoints live
 (``delta_key`` and friends), which keys are safe, and two backends behind one contract:
 ``LocalStorage`` (a directory; development and the local network) and ``S3Storage``
-(AWS S3, Cloudflare R2, MinIO; in ``protocol.storage_s3``). ``open_storage`` turns a
-settings URL into one of them.
+(AWS S3, Cloudflare R2, MinIO; in ``protocol.storage_s3``). ``protocol.storage_open.open_storage``
+turns a settings URL into one of them.
 
 Why the ``Storage`` protocol is shaped this way:
 
@@ -22,8 +22,8 @@ Why the ``Storage`` protocol is shaped this way:
   callers can tell "the miner did not upload" from "the store is down" from "the upload is
   abusive" from "the store will not let us read".
 
-The S3 backend lives in ``protocol.storage_s3`` (imported lazily: boto3 is an extra) and is
-still importable from here; the policy for stores that peers name is ``protocol.peer_storage``.
+The S3 backend lives in ``protocol.storage_s3`` (boto3 is an extra), and the policy for stores
+that peers name is ``protocol.peer_storage``.
 """
 
 from __future__ import annotations
@@ -37,11 +37,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
-
-if TYPE_CHECKING:  # at run time, __getattr__ below imports it on first use
-    from protocol.storage_s3 import S3Storage
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -51,7 +48,6 @@ __all__ = [
     "ObjectNotFound",
     "ObjectTooLarge",
     "S3Location",
-    "S3Storage",
     "Storage",
     "StorageError",
     "StorageUnavailable",
@@ -60,7 +56,6 @@ __all__ = [
     "delta_key",
     "delta_prefix",
     "fsync_dir",
-    "open_storage",
     "parse_delta_key",
     "parse_s3_url",
     "validate_hotkey",
@@ -121,15 +116,6 @@ class StorageUnavailable(StorageError):
 
 class AccessDenied(StorageError):
     """The store refused to serve the object to this reader (HTTP 401/403: private bucket, bad keys)."""
-
-
-def __getattr__(name: str) -> Any:
-    """``S3Storage`` is still importable from here; loading it on first use keeps boto3 optional."""
-    if name == "S3Storage":
-        from protocol.storage_s3 import S3Storage
-
-        return S3Storage
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- the contract
@@ -480,27 +466,6 @@ class S3Location:
     endpoint: str | None
     region: str | None
     path_style: bool
-
-
-def open_storage(url: str) -> Storage:
-    """The backend a settings URL names (see ``_URL_FORMS``); ``ValueError`` for anything else.
-
-    For this node's *own* store. A store named by a peer goes through
-    ``protocol.peer_storage.open_peer_storage``, which applies the endpoint policy first.
-    """
-    scheme, sep, rest = url.partition("://") if isinstance(url, str) else ("", "", "")
-    scheme = scheme.lower()
-    if sep and scheme == "file":
-        if not rest:
-            raise ValueError(f"storage URL {url!r} names no directory; {_URL_FORMS}")
-        return LocalStorage(Path(rest))
-    if sep and scheme == "s3":
-        from protocol.storage_s3 import S3Storage
-
-        loc = parse_s3_url(url)
-        return S3Storage(loc.bucket, loc.prefix, endpoint_url=loc.endpoint, region=loc.region,
-                         path_style=loc.path_style)
-    raise ValueError(f"unsupported storage URL {url!r}; {_URL_FORMS}")
 
 
 def parse_s3_url(url: str) -> S3Location:

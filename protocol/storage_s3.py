@@ -1,7 +1,7 @@
 """The S3-protocol backend of ``protocol.storage`` (AWS S3, Cloudflare R2, MinIO), via boto3.
 
 Split from ``protocol.storage`` so that the contract, the key layout and the local backend
-stay readable on their own; ``protocol.storage.S3Storage`` still names this class.
+stay readable on their own (``protocol.storage_open`` opens one from a URL).
 
 Two options exist for stores that *someone else* named (a miner's commitment, see
 ``protocol.peer_storage``): ``anonymous`` sends unsigned requests, so the validator's own

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
     "NORM_ABS_EPS",
     "NORM_MIN_RATIO",
     "Rejection",
-    "Verdict",
     "check_norm",
     "check_timing",
 ]
@@ -65,19 +63,6 @@ class Rejection(StrEnum):
     BANNED = "banned"
     FOREIGN = "foreign"
     WRONG_WINDOW = "wrong_window"
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """A rejection with optional detail (e.g. the wire parser's own reason for ``malformed``)."""
-
-    reason: Rejection
-    detail: str = ""
-
-    @classmethod
-    def malformed(cls, parser_reason: str) -> Verdict:
-        """Wrap the strict parser's reason so receipts say *what* was malformed."""
-        return cls(Rejection.MALFORMED, parser_reason)
 
 
 def check_timing(

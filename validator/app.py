@@ -15,13 +15,14 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
-from chain.base import Chain, ChainError, open_chain
+from chain.base import Chain, ChainError
+from chain.connect import open_chain
 from chain.wallets import load_hotkey
 from protocol.follow import Decision, Follower, OwnStore, store_opener, validator_commitment
 from protocol.global_model import GlobalModel
 from protocol.hparams import HParams, load_hparams
 from protocol.settings import Settings
-from protocol.storage import open_storage
+from protocol.storage_open import open_storage
 from validator import metrics
 from validator.db import repo
 from validator.db.session import make_engine, migrate, session_factory

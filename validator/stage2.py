@@ -82,7 +82,7 @@ def model_from_state(config: ModelConfig, state: Mapping[str, torch.Tensor]) -> 
 
 
 class RemoteDispatcher(Protocol):
-    """Sends Stage-2 jobs to workers and collects their answers (validator/distributed.py)."""
+    """Sends Stage-2 jobs to workers and collects their answers (``validator.worker.QueueDispatcher``)."""
 
     def evaluate(self, window: int, jobs: Sequence[dict[str, Any]], timeout_s: float) -> dict[str, EvalResult]:
         """Results that arrived in time, by hotkey; raises QueueUnavailable when Redis is down."""

@@ -29,7 +29,8 @@ from miner.state import MinerState
 from protocol.follow import validator_commitment
 from protocol.global_model import GlobalModel, checkpoint_bytes
 from protocol.hparams import load_hparams
-from protocol.storage import aggregate_key, checkpoint_key, open_storage
+from protocol.storage import aggregate_key, checkpoint_key
+from protocol.storage_open import open_storage
 from protocol.sync import AggregateMeta, pack_aggregate
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

@@ -17,13 +17,13 @@ from moto.server import ThreadedMotoServer
 
 from protocol.storage import (
     AccessDenied,
-    S3Storage,
     Storage,
     StorageError,
     StorageUnavailable,
     delta_key,
-    open_storage,
 )
+from protocol.storage_open import open_storage
+from protocol.storage_s3 import S3Storage
 from tests.unit.test_storage import HOTKEY, StorageContract
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ from chain.base import (
     RateLimitedError,
     SubnetFullError,
     SubnetNotFoundError,
-    open_chain,
 )
+from chain.connect import open_chain
 from chain.local import LocalChain
 
 

@@ -32,3 +32,47 @@ def test_scoring_is_pure() -> None:
     for path, names in _imports("scoring").items():
         bad = names & (IO_MODULES | UPPER - {"scoring"})
         assert not bad, f"{path} imports {bad}"
+
+
+PRODUCTION = ("protocol", "scoring", "chain", "miner", "validator", "gauntlet")
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> project modules it imports anywhere in the file (lazy imports count too)."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for pkg in PRODUCTION for p in (ROOT / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                       [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name and not name.startswith(target + "."):
+                    deps.add(target)
+        graph[name] = deps
+    return graph
+
+
+def test_no_import_circle() -> None:
+    """A circle (even through a lazy import) means two modules cannot be read or tested apart."""
+    graph = _module_graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph.get(node, ())):
+            if state.get(dep) == 1:
+                raise AssertionError("import circle: " + " -> ".join([*stack[stack.index(dep):], dep]))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)

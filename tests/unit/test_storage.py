@@ -31,7 +31,6 @@ from protocol.storage import (
     ObjectInfo,
     ObjectNotFound,
     ObjectTooLarge,
-    S3Storage,
     Storage,
     StorageError,
     StorageUnavailable,
@@ -39,13 +38,14 @@ from protocol.storage import (
     checkpoint_key,
     delta_key,
     delta_prefix,
-    open_storage,
     parse_delta_key,
     validate_hotkey,
     validate_key,
     validate_prefix,
     window_of_delta_key,
 )
+from protocol.storage_open import open_storage
+from protocol.storage_s3 import S3Storage
 
 HOTKEY = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 OTHER_HOTKEY = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
