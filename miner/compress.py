@@ -23,13 +23,14 @@ class Compressor:
     """Error-feedback state plus the codec configuration of one miner."""
 
     def __init__(self, hp: HParams) -> None:
+        from miner.error_feedback import ErrorFeedback
         from protocol import codec
 
         self.hp = hp
         self._codec = codec
         self.cfg = codec.CodecConfig.from_params(hp.codec)
         self.beta = hp.codec.ef_beta
-        self._ef = codec.ErrorFeedback()
+        self._ef = ErrorFeedback()
 
     @property
     def ef(self) -> dict[str, torch.Tensor]:

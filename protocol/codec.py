@@ -22,7 +22,7 @@ and field ``i`` of width ``w`` occupies stream bits ``[i*w, (i+1)*w)``. Unused t
 bits must be zero, so every accepted encoding is canonical.
 
 Speed (benchmarks/codec.py): on CPU the cost is the per-chunk top-k, done hierarchically
-(see "top-k selection"), about 3-4 CPU-seconds per billion parameters. torch's OpenMP
+(see ``protocol.topk``), about 3-4 CPU-seconds per billion parameters. torch's OpenMP
 threads spin while they wait; on a small or shared host run with ``OMP_WAIT_POLICY=PASSIVE``,
 and reuse output buffers (``decode_tensor(..., out=)``) rather than page-faulting new ones.
 """
@@ -30,8 +30,7 @@ and reuse output buffers (``decode_tensor(..., out=)``) rather than page-faultin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -39,8 +38,8 @@ import torch
 from torch import Tensor
 
 from protocol.hparams import CodecParams
+from protocol.topk import map_threads, select_rows, topk_sorted
 
-T = TypeVar("T")
 R = TypeVar("R")
 
 __all__ = [
@@ -48,7 +47,6 @@ __all__ = [
     "LUT_BOUND",
     "CodecConfig",
     "EncodedTensor",
-    "ErrorFeedback",
     "SparseTensor",
     "bits_per_kept_value",
     "decode",
@@ -56,9 +54,11 @@ __all__ = [
     "decode_tensor",
     "encode",
     "encode_tensor",
+    "encode_tensor_with_decoded",
     "encoded_layout",
     "find_encoding_error",
     "information_bound_bits",
+    "map_tensors",
     "sparse_to_dense",
     "validate_encoded",
 ]
@@ -83,9 +83,6 @@ CODEC_REASONS = frozenset(
     }
 )
 
-# Rows of a [rows, chunk] magnitude buffer processed at once by the CPU top-k: about 1M
-# elements keeps the scratch buffer in cache and avoids page-faulting fresh allocations.
-_CPU_BLOCK_ELEMS = 1 << 20
 
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.uint8)
 
@@ -272,107 +269,19 @@ def _padding_mask(total_bits: int, nbytes: int) -> int:
 
 # ----------------------------------------------------------------------------- top-k selection
 #
-# torch.topk on CPU costs ~5-10 ns per element of a row, which alone would take several
-# seconds per billion parameters. Selection is therefore hierarchical: view a row as G x S
-# (S columns of G elements), keep the k columns with the largest column max (a cheap
-# vectorised reduction), and select among those k*G candidates. This is exact: an element
-# outside the kept columns is dominated by the k kept column maxima, so it can be in a top-k
-# set only through a tie (ties are broken deterministically, by torch.topk on CPU).
+# The exact hierarchical per-chunk top-k lives in protocol.topk; this part lays a tensor out
+# in chunks (padding the last one) and runs the per-tensor work in parallel.
 
 
-def _level_columns(width: int, k: int) -> int | None:
-    """Columns S of a pruning level over rows of ``width`` keys, or None to select directly.
+def map_tensors(fn: Callable[[str], R], tensors: Mapping[str, Tensor]) -> dict[str, R]:
+    """``{name: fn(name)}``, in parallel when every tensor is on the CPU (a GPU gains nothing from threads).
 
-    The level costs a top-k over S column maxima plus one over the k * width / S candidates;
-    S = sqrt(width * k) balances the two (512 at width 4096, k 64). Narrow rows go direct.
+    Public so the miner's error feedback (``miner.error_feedback``) parallelises exactly like :func:`encode`.
     """
-    if width < 16 * k:
-        return None
-    cols = 1 << (math.isqrt(width * k).bit_length() - 1)  # power of two <= sqrt(width * k)
-    return cols if width % cols == 0 else None
-
-
-def _topk_offsets(keys: Tensor, k: int) -> Tensor:
-    """Offsets int64 [r, k] (in no particular order) of a top-k set of each row of ``keys`` [r, w]."""
-    r, width = keys.shape
-    cols = _level_columns(width, k)
-    if cols is None:
-        return torch.topk(keys, k, dim=1, sorted=False).indices
-    grid = keys.view(r, width // cols, cols)
-    best = torch.topk(grid.amax(1), k, dim=1, sorted=False).indices
-    # Candidate (i, j) of the [G, k] grid is offset i*S + best[j].
-    cand = grid.gather(2, best.unsqueeze(1).expand(r, grid.shape[1], k)).reshape(r, -1)
-    flat = _topk_offsets(cand, k)
-    return (flat // k) * cols + best.gather(1, flat % k)
-
-
-def _topk_sorted(keys: Tensor, k: int) -> Tensor:
-    """Offsets int64 [r, k] of a top-k set of each row of ``keys`` [r, w] (contiguous), ascending."""
-    return _topk_offsets(keys, k).sort(dim=1).values
-
-
-def _magnitude_keys(block: Tensor, out: Tensor) -> Tensor:
-    """int32 keys ordered like ``|block|`` (float32 bits without the sign; NaN sorts highest)."""
-    if block.dtype != torch.float32:
-        out.view(torch.float32).copy_(block)
-        block = out.view(torch.float32)
-    return torch.bitwise_and(block.view(torch.int32), 0x7FFFFFFF, out=out)
-
-
-def _map_threads(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """``[fn(x) for x in items]`` on ``torch.get_num_threads()`` threads, each single-threaded inside.
-
-    The CPU codec works on cache-sized pieces, too small for torch's intra-op threading to pay
-    off (1.3x on 2 cores); independent pieces on their own threads do (1.6x; ops release the
-    GIL). Results never depend on the thread count. The intra-op setting is process-wide, so it
-    is lowered to 1 for the duration and restored.
-    """
-    items = list(items)
-    configured = torch.get_num_threads()
-    if configured <= 1 or len(items) <= 1:
-        return [fn(x) for x in items]
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(min(configured, len(items))) as pool:
-            return list(pool.map(fn, items))
-    finally:
-        torch.set_num_threads(configured)
-
-
-def _map_tensors(fn: Callable[[str], R], tensors: Mapping[str, Tensor]) -> dict[str, R]:
-    """``{name: fn(name)}``, in parallel when every tensor is on the CPU (a GPU gains nothing from threads)."""
     names = list(tensors)
     if any(tensors[n].device.type != "cpu" for n in names):
         return {n: fn(n) for n in names}
-    return dict(zip(names, _map_threads(fn, names), strict=True))
-
-
-def _select_block(rows: Tensor, k: int, offsets: Tensor, values: Tensor) -> None:
-    """CPU top-k of ``rows`` [r, chunk] into ``offsets``/``values`` [r, k], one cache-sized block at a time."""
-    r, chunk = rows.shape
-    block = max(1, _CPU_BLOCK_ELEMS // chunk)
-    scratch = torch.empty(min(block, r), chunk, dtype=torch.int32)
-    for start in range(0, r, block):
-        stop = min(start + block, r)
-        keys = _magnitude_keys(rows[start:stop], scratch[: stop - start])
-        off = _topk_sorted(keys, k)
-        offsets[start:stop] = off
-        values[start:stop] = rows[start:stop].gather(1, off)  # still in cache
-
-
-def _select_rows(rows: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Sorted kept offsets int64 [r, k] and their float32 values for full chunks ``rows`` [r, chunk]."""
-    r, chunk = rows.shape
-    if rows.device.type != "cpu":
-        offsets = torch.topk(rows.abs(), k, dim=1, sorted=False).indices.sort(dim=1).values
-        return offsets, rows.gather(1, offsets).to(torch.float32)
-    offsets = torch.empty(r, k, dtype=torch.int64)
-    values = torch.empty(r, k, dtype=torch.float32)
-    threads = max(1, min(torch.get_num_threads(), r * chunk // _CPU_BLOCK_ELEMS))
-    bounds = [r * i // threads for i in range(threads + 1)]
-    _map_threads(lambda i: _select_block(rows[bounds[i]:bounds[i + 1]], k, offsets[bounds[i]:bounds[i + 1]],
-                                         values[bounds[i]:bounds[i + 1]]), range(threads))
-    return offsets, values
+    return dict(zip(names, map_threads(fn, names), strict=True))
 
 
 def _select(flat: Tensor, cfg: CodecConfig) -> tuple[Tensor, Tensor]:
@@ -382,7 +291,7 @@ def _select(flat: Tensor, cfg: CodecConfig) -> tuple[Tensor, Tensor]:
     n_full, rem = divmod(numel, chunk)
     offsets, values = [], []
     if n_full:
-        off, val = _select_rows(flat[: n_full * chunk].view(n_full, chunk), k)
+        off, val = select_rows(flat[: n_full * chunk].view(n_full, chunk), k)
         offsets.append(off)
         values.append(val)
     if rem:
@@ -392,7 +301,7 @@ def _select(flat: Tensor, cfg: CodecConfig) -> tuple[Tensor, Tensor]:
         # positions, and then canonically the lowest padding offsets (keys fall with position).
         keys = torch.bitwise_and(tail.view(torch.int32), 0x7FFFFFFF)
         keys[0, rem:] = -torch.arange(1, chunk - rem + 1, dtype=torch.int32, device=flat.device)
-        off = _topk_sorted(keys, k)
+        off = topk_sorted(keys, k)
         offsets.append(off)
         values.append(tail.gather(1, off))
     if len(offsets) == 1:
@@ -427,8 +336,12 @@ def _quantize(values: Tensor, real: Tensor | None) -> tuple[Tensor, Tensor]:
 # ----------------------------------------------------------------------------- encode / decode
 
 
-def _encode(x: Tensor, cfg: CodecConfig) -> tuple[EncodedTensor, SparseTensor | None]:
-    """Encode one tensor; also return what the receiver will decode (None for an empty tensor)."""
+def encode_tensor_with_decoded(x: Tensor, cfg: CodecConfig) -> tuple[EncodedTensor, SparseTensor | None]:
+    """Encode one tensor; also return what the receiver will decode (None for an empty tensor).
+
+    The sender's error feedback (``miner.error_feedback``) subtracts exactly that decoded part,
+    without decoding its own upload again.
+    """
     shape = tuple(x.shape)
     flat = x.detach().reshape(-1)
     numel, dev = flat.numel(), flat.device
@@ -452,12 +365,12 @@ def _encode(x: Tensor, cfg: CodecConfig) -> tuple[EncodedTensor, SparseTensor | 
 
 def encode_tensor(x: Tensor, cfg: CodecConfig) -> EncodedTensor:
     """Compress one tensor (any float dtype, any shape). Raises ValueError on NaN/Inf."""
-    return _encode(x, cfg)[0]
+    return encode_tensor_with_decoded(x, cfg)[0]
 
 
 def encode(state: Mapping[str, Tensor], cfg: CodecConfig) -> dict[str, EncodedTensor]:
-    """Encode every tensor; CPU tensors are encoded in parallel (see :func:`_map_threads`)."""
-    return _map_tensors(lambda n: encode_tensor(state[n], cfg), state)
+    """Encode every tensor; CPU tensors are encoded in parallel (see :func:`protocol.topk.map_threads`)."""
+    return map_tensors(lambda n: encode_tensor(state[n], cfg), state)
 
 
 def _decode_offsets(idx: Tensor, cfg: CodecConfig) -> Tensor:
@@ -532,51 +445,6 @@ def decode_tensor(
 
 def decode(encoded: Mapping[str, EncodedTensor], cfg: CodecConfig) -> dict[str, Tensor]:
     return {name: decode_tensor(enc, cfg) for name, enc in encoded.items()}
-
-
-# ----------------------------------------------------------------------------- error feedback
-
-
-class ErrorFeedback:
-    """Per-parameter error-feedback buffers (float32): ``e <- beta*e + delta``; send ``Q(e)``; ``e <- e - Q(e)``.
-
-    What is not sent this window stays in the buffer and is sent later, which is what lets
-    1.5% density train as well as dense communication (SparseLoCo).
-    """
-
-    def __init__(self) -> None:
-        self.buffers: dict[str, Tensor] = {}
-
-    def accumulate(self, delta: Mapping[str, Tensor], beta: float) -> None:
-        for name, d in delta.items():
-            buf = self.buffers.get(name)
-            if buf is None:
-                self.buffers[name] = d.detach().to(torch.float32, copy=True).contiguous()
-            else:
-                buf.mul_(beta).add_(d.detach())
-
-    def compress(self, cfg: CodecConfig) -> dict[str, EncodedTensor]:
-        """Encode every buffer and subtract exactly what the receiver will decode."""
-        return _map_tensors(lambda n: self._compress_one(n, cfg), self.buffers)
-
-    def _compress_one(self, name: str, cfg: CodecConfig) -> EncodedTensor:
-        buf = self.buffers[name]
-        enc, sent = _encode(buf, cfg)
-        if sent is not None:
-            pos, val = sent.indices.reshape(-1), sent.values.reshape(-1)
-            if int(sent.indices[-1].max()) >= buf.numel():  # kept padding carries nothing
-                keep = pos < buf.numel()
-                pos, val = pos[keep], val[keep]
-            buf.view(-1).index_add_(0, pos, -val)
-        return enc
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {name: buf.clone() for name, buf in self.buffers.items()}
-
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        self.buffers = {
-            name: t.detach().to(torch.float32, copy=True).contiguous() for name, t in state.items()
-        }
 
 
 # ----------------------------------------------------------------------------- layout and validation

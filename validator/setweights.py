@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from chain.base import ChainError
 from protocol.windows import window_of
 from validator import metrics
-from validator.db import repo
+from validator.db import repo, weight_repo
 from validator.db.models import Peer, WeightSet
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def maybe_set_weights(ctx: Any, window: int) -> bool:
         return False
     version = ctx.hp.spec_version
     with ctx.sessions() as s:
-        if not repo.record_weight_set(s, window=window, uids=uids, weights=weights, version_key=version,
+        if not weight_repo.record_weight_set(s, window=window, uids=uids, weights=weights, version_key=version,
                                       block=ctx.chain.block()):
             return False  # already claimed (restart or another instance); resend_unsent finishes it
     return _send(ctx, window, uids, weights, version)
@@ -92,7 +92,7 @@ def _send(ctx: Any, window: int, uids: list[int], weights: list[float], version:
 
 def _mark(ctx: Any, window: int, status: str, detail: str | None) -> None:
     with ctx.sessions() as s:
-        repo.update_weight_set(s, window=window, tx_status=status, tx_detail=detail, block=ctx.chain.block())
+        weight_repo.update_weight_set(s, window=window, tx_status=status, tx_detail=detail, block=ctx.chain.block())
     metrics.WEIGHTS_SET.labels(outcome=status).inc()
 
 

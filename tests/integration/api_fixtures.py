@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from validator.db import repo
+from validator.db import repo, weight_repo
 
 BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 REJECT_REASONS = ("norm", "late", "signature", "stale")
@@ -112,7 +112,7 @@ def fill_db(sessions: sessionmaker[Session], *, num_peers: int = 8, first_window
                                     stage_timings={"stage1": 1.5, "stage2": 30.0},
                                     scored_at=T0 + timedelta(minutes=w, seconds=50))
             uids = [u["uid"] for u in updates if u["uid"] is not None]
-            repo.record_weight_set(s, window=w, uids=uids, weights=[u["weight"] for u in updates],
+            weight_repo.record_weight_set(s, window=w, uids=uids, weights=[u["weight"] for u in updates],
                                    version_key=1, block=1000 + w, tx_status="success" if k < num_windows - 1 else "pending")
             filled.scored_windows.append(w)
         # The current window: open, its seed drawn and one receipt already written.

@@ -1,4 +1,4 @@
-"""Properties of the SparseLoCo codec (protocol.codec).
+"""Properties of the SparseLoCo codec (protocol.codec, its top-k protocol.topk) and miner.error_feedback.
 
 Run: ``pytest tests/unit/test_codec.py -q``. Tensors are generated from hypothesis-drawn
 seeds (fast, and covers ties, zeros and odd shapes); configs include non-power-of-two k and
@@ -14,11 +14,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import codec
+from miner.error_feedback import ErrorFeedback
+from protocol import codec, topk
 from protocol.codec import (
     CODEC_REASONS,
     CodecConfig,
-    ErrorFeedback,
     bits_per_kept_value,
     decode,
     decode_sparse,
@@ -127,7 +127,7 @@ def test_hierarchical_selection_matches_topk(width: int, k: int) -> None:
     """The pruned selection keeps exactly torch.topk's set when values are distinct."""
     g = torch.Generator().manual_seed(width + k)
     keys = torch.randperm(4 * width, generator=g)[: 3 * width].view(3, width).to(torch.int32)
-    got = codec._topk_sorted(keys, k)
+    got = topk.topk_sorted(keys, k)
     assert torch.equal(got, torch.topk(keys, k, dim=1).indices.sort(dim=1).values)
 
 

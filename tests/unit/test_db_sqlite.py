@@ -21,7 +21,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.orm import Session
 
-from validator.db import repo
+from validator.db import repo, weight_repo
 from validator.db.models import Base, Evaluation, Peer, Window
 from validator.db.session import current_revision, downgrade, make_engine, migrate, session_factory
 
@@ -289,26 +289,26 @@ class DatabaseContract:
     def test_weight_set_is_unique_per_window(self, session: Session) -> None:
         repo.open_window(session, window=8)
         repo.mark_window_scored(session, window=8)
-        assert repo.record_weight_set(session, window=8, uids=[1, 2], weights=[0.25, 0.75], version_key=3)
-        assert not repo.record_weight_set(session, window=8, uids=[1], weights=[1.0], version_key=3)
-        latest = repo.latest_weight_set(session)
+        assert weight_repo.record_weight_set(session, window=8, uids=[1, 2], weights=[0.25, 0.75], version_key=3)
+        assert not weight_repo.record_weight_set(session, window=8, uids=[1], weights=[1.0], version_key=3)
+        latest = weight_repo.latest_weight_set(session)
         assert latest is not None and (latest.uids, latest.weights, latest.tx_status) == (
             [1, 2],
             [0.25, 0.75],
             "pending",
         )
-        assert repo.latest_weight_set(session, successful_only=True) is None
-        assert repo.update_weight_set(session, window=8, tx_status="success", block=1234)
+        assert weight_repo.latest_weight_set(session, successful_only=True) is None
+        assert weight_repo.update_weight_set(session, window=8, tx_status="success", block=1234)
         assert repo.get_window(session, window=8).status == "weights_set"  # type: ignore[union-attr]
-        assert not repo.update_weight_set(session, window=9, tx_status="failed")
-        assert repo.record_weight_set(
+        assert not weight_repo.update_weight_set(session, window=9, tx_status="failed")
+        assert weight_repo.record_weight_set(
             session, window=16, uids=[2], weights=[1.0], version_key=3, tx_status="failed"
         )
-        assert repo.latest_weight_set(session).window == 16  # type: ignore[union-attr]
-        assert repo.latest_weight_set(session, successful_only=True).block == 1234  # type: ignore[union-attr]
-        assert [w.window for w in repo.weight_sets(session)] == [16, 8]
+        assert weight_repo.latest_weight_set(session).window == 16  # type: ignore[union-attr]
+        assert weight_repo.latest_weight_set(session, successful_only=True).block == 1234  # type: ignore[union-attr]
+        assert [w.window for w in weight_repo.weight_sets(session)] == [16, 8]
         with pytest.raises(ValueError):
-            repo.record_weight_set(session, window=17, uids=[1, 2], weights=[1.0], version_key=3)
+            weight_repo.record_weight_set(session, window=17, uids=[1, 2], weights=[1.0], version_key=3)
 
     # ------------------------------------------------------------------ peers and reads
 

@@ -76,3 +76,19 @@ def test_no_import_circle() -> None:
     for module in sorted(graph):
         if module not in state:
             visit(module)
+
+
+MAX_LINES = 600
+LINE_CHECKED = (*PRODUCTION, "testing", "tests", "benchmarks")
+
+
+def test_no_file_over_600_lines() -> None:
+    """A file past 600 lines holds more than one idea; split it along a seam before it grows further (issue 14)."""
+    offenders: dict[str, int] = {}
+    for pkg in LINE_CHECKED:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            n = len(path.read_text().splitlines())
+            if n > MAX_LINES:
+                offenders[str(path.relative_to(ROOT))] = n
+    print("\n".join(f"{path}: {n} lines" for path, n in offenders.items()))
+    assert not offenders, f"files over {MAX_LINES} lines: {offenders}"

@@ -15,7 +15,7 @@ from protocol.hparams import HParams
 from protocol.settings import load_settings
 from validator import metrics, service, simulate
 from validator.app import RunOptions, build_context
-from validator.db import repo
+from validator.db import repo, weight_repo
 
 HP = HParams().override(**{"windows.publish_timeout_s": 5.0,
     "windows.blocks_per_window": 10, "windows.upload_grace_s": 3.0, "data.seq_len": 16, "data.page_seqs": 2,
@@ -169,14 +169,14 @@ def test_weights_claimed_before_a_crash_are_sent_exactly_once_after_restart(
     with pytest.raises(SystemExit):
         service.run_pass(ctx, service.LoopConfig())
     with ctx.sessions() as s:
-        assert repo.last_scored_window(s) == 0 and repo.latest_weight_set(s).tx_status == "pending"
+        assert repo.last_scored_window(s) == 0 and weight_repo.latest_weight_set(s).tx_status == "pending"
 
     restarted = _ctx_every(tmp_path, net)  # a new process on the same database
     service.run_pass(restarted, service.LoopConfig())
     service.run_pass(restarted, service.LoopConfig())
     assert sends == [1]  # exactly once, whether or not the first try had reached the chain
     with restarted.sessions() as s:
-        ws = repo.latest_weight_set(s)
+        ws = weight_repo.latest_weight_set(s)
         assert ws is not None and ws.window == 0 and ws.tx_status == "success"
         assert repo.get_window(s, window=0).status == "weights_set"
     uid = net.chain.metagraph(1).uid_of(restarted.hotkey)
@@ -199,4 +199,4 @@ def test_an_unsent_weight_set_whose_period_is_over_is_not_sent(
     net.clock.now = net.chain.block_timestamp(30)  # window 3: window 0's weight period (every 1) is over
     assert not resend_unsent(_ctx_every(tmp_path, net)) and sends == []
     with ctx.sessions() as s:
-        assert repo.latest_weight_set(s).tx_status == "failed"
+        assert weight_repo.latest_weight_set(s).tx_status == "failed"

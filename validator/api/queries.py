@@ -2,9 +2,10 @@
 
 Same style as the repository: plain functions, the ``Session`` first, everything else
 keyword-only. The API uses ``repo.leaderboard``/``peer``/``peer_history``/
-``window_evaluations``/``rejections_by_reason``/``windows``/``latest_weight_set`` directly;
-what is here is list filtering, the window status needed to decide whether a receipt's seed
-may be published, and per-window counts for summaries and the timeline.
+``window_evaluations``/``rejections_by_reason``/``windows``/``window_counts`` and
+``weight_repo.latest_weight_set`` directly; what is here is list filtering, the window status
+needed to decide whether a receipt's seed may be published, and per-window counts for the
+timeline.
 """
 
 from __future__ import annotations
@@ -44,16 +45,6 @@ def window_statuses(session: Session, *, windows: Iterable[int]) -> dict[int, st
         return {}
     stmt = sa.select(Window.window, Window.status).where(Window.window.in_(wanted))
     return {int(w): str(s) for w, s in session.execute(stmt)}
-
-
-def window_counts(session: Session, *, window: int) -> dict[str, int]:
-    """Receipts of ``window`` counted by status."""
-    stmt = (
-        sa.select(Evaluation.status, sa.func.count())
-        .where(Evaluation.window == window)
-        .group_by(Evaluation.status)
-    )
-    return {str(s): int(n) for s, n in session.execute(stmt)}
 
 
 def counts_by_window(session: Session, *, from_window: int, to_window: int) -> dict[int, dict[str, int]]:

@@ -7,7 +7,8 @@ new state and the window's status in **one** transaction, which is what makes a 
 mid-window leave either nothing or everything. Writes are idempotent: a receipt is keyed
 by (window, hotkey) and upserted (``INSERT .. ON CONFLICT DO UPDATE``), peer fields are set
 (never incremented), a scored window is not scored again, and a window's weight set is
-unique, so a restarted validator can redo a window without double counting.
+unique (``validator.db.weight_repo``), so a restarted validator can redo a window without
+double counting.
 
 Reads return ORM rows. A window's random seed is secret until the window is scored; use
 ``Window.published_seed`` (or check ``Window.is_final``) before showing seeds or receipts.
@@ -26,13 +27,11 @@ from protocol.follow import FollowStatus
 from validator.db.models import (
     EVALUATION_STATUSES,
     FINAL_WINDOW_STATUSES,
-    WEIGHT_TX_STATUSES,
     WINDOW_STATUSES,
     Evaluation,
     FollowState,
     Peer,
     RunConfig,
-    WeightSet,
     Window,
     utcnow,
 )
@@ -40,7 +39,6 @@ from validator.db.models import (
 MAX_PAGE = 1000
 EvaluationStatus = Literal["accepted", "rejected", "missing"]
 WindowStatus = Literal["open", "scoring", "scored", "weights_set"]
-TxStatus = Literal["pending", "success", "failed"]
 
 
 class PeerChange(TypedDict, total=False):
@@ -313,7 +311,7 @@ def mark_window_scored(
             _upsert_evaluation(session, window=window, **fields)
         for update in peers:
             _apply_peer(session, **update)
-        counts = _status_counts(session, window)
+        counts = window_counts(session, window=window)
         row.status = "scored"
         row.scored_at = scored_at or utcnow()
         row.num_submitted = (
@@ -339,13 +337,18 @@ def mark_window_scored(
         session.expire_all()  # rows touched by a rolled-back write must not look stored
 
 
-def _status_counts(session: Session, window: int) -> dict[str, int]:
+def window_counts(session: Session, *, window: int) -> dict[str, int]:
+    """Receipts of ``window`` counted by status.
+
+    One query for both :func:`mark_window_scored`'s default counts and the score API's window
+    summary, so the stored counts and the shown ones can never disagree.
+    """
     stmt = (
         sa.select(Evaluation.status, sa.func.count())
         .where(Evaluation.window == window)
         .group_by(Evaluation.status)
     )
-    return {status: int(n) for status, n in session.execute(stmt)}
+    return {str(s): int(n) for s, n in session.execute(stmt)}
 
 
 def last_scored_window(session: Session) -> int | None:
@@ -405,105 +408,6 @@ def record_follow_status(session: Session, status: FollowStatus) -> None:
 
 def follow_state(session: Session) -> FollowState | None:
     return session.get(FollowState, 1, populate_existing=True)
-
-
-# --------------------------------------------------------------------------- weights
-
-
-def record_weight_set(
-    session: Session,
-    *,
-    window: int,
-    uids: Sequence[int],
-    weights: Sequence[float],
-    version_key: int,
-    block: int | None = None,
-    tx_status: TxStatus = "pending",
-    tx_detail: str | None = None,
-    set_at: datetime | None = None,
-) -> bool:
-    """Claim the weight set of ``window`` and commit; False if the window already has one.
-
-    Call it *before* submitting the extrinsic (``tx_status="pending"``), then
-    :func:`update_weight_set` with the outcome: a validator killed in between will not set
-    weights for that window a second time.
-    """
-    if len(uids) != len(weights):
-        raise ValueError(f"{len(uids)} uids but {len(weights)} weights")
-    _check_status(tx_status, WEIGHT_TX_STATUSES, "tx_status")
-
-    def write() -> bool:
-        stmt = (
-            _insert(session, WeightSet)
-            .values(
-                window=window,
-                uids=[int(u) for u in uids],
-                weights=[float(w) for w in weights],
-                version_key=version_key,
-                block=block,
-                tx_status=tx_status,
-                tx_detail=tx_detail,
-                set_at=set_at or utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=["window"])
-            .returning(WeightSet.id)
-        )
-        inserted = session.execute(stmt).scalar_one_or_none() is not None
-        if inserted and tx_status == "success":
-            _mark_weights_set(session, window)
-        return inserted
-
-    return cast(bool, _committed(session, write))
-
-
-def update_weight_set(
-    session: Session,
-    *,
-    window: int,
-    tx_status: TxStatus,
-    block: int | None = None,
-    tx_detail: str | None = None,
-) -> bool:
-    """Record the extrinsic's outcome for ``window``'s weight set; commit. False if none."""
-    _check_status(tx_status, WEIGHT_TX_STATUSES, "tx_status")
-
-    def write() -> bool:
-        values: dict[str, Any] = {"tx_status": tx_status}
-        if block is not None:
-            values["block"] = block
-        if tx_detail is not None:
-            values["tx_detail"] = tx_detail
-        stmt = sa.update(WeightSet).where(WeightSet.window == window).values(**values)
-        found = bool(session.execute(stmt).rowcount)
-        if found and tx_status == "success":
-            _mark_weights_set(session, window)
-        return found
-
-    return cast(bool, _committed(session, write))
-
-
-def _mark_weights_set(session: Session, window: int) -> None:
-    stmt = (
-        sa.update(Window)
-        .where(Window.window == window, Window.status == "scored")
-        .values(status="weights_set")
-    )
-    session.execute(stmt)
-
-
-def latest_weight_set(session: Session, *, successful_only: bool = False) -> WeightSet | None:
-    """The weight set of the highest window (only successful extrinsics if asked)."""
-    stmt = sa.select(WeightSet).order_by(WeightSet.window.desc()).limit(1)
-    if successful_only:
-        stmt = stmt.where(WeightSet.tx_status == "success")
-    return session.scalars(stmt).first()
-
-
-def weight_sets(session: Session, *, limit: int = 50, offset: int = 0) -> list[WeightSet]:
-    """Weight sets, newest window first."""
-    _check_page(limit, offset)
-    stmt = sa.select(WeightSet).order_by(WeightSet.window.desc()).limit(limit).offset(offset)
-    return list(session.scalars(stmt))
 
 
 # --------------------------------------------------------------------------- provenance

@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from validator.api import charts, queries
 from validator.api.deps import HotkeyPath, SessionDep, WindowPath
 from validator.api.schemas import peer_public, receipt, window_public
-from validator.db import repo
+from validator.db import repo, weight_repo
 
 router = APIRouter(tags=["dashboard"], default_response_class=HTMLResponse)
 templates = Jinja2Templates(directory=Path(__file__).resolve().parents[1] / "templates")
@@ -41,7 +41,7 @@ def index(request: Request, session: SessionDep) -> HTMLResponse:
     peers = [peer_public(p, last) for p in repo.leaderboard(session, limit=256)]
     lo = None if last is None else max(0, last - 99)
     reasons = repo.rejections_by_reason(session, from_window=lo, to_window=last)
-    weights = repo.latest_weight_set(session)
+    weights = weight_repo.latest_weight_set(session)
     return _render(
         request, "index.html", peers=peers, last_scored=last, weights=weights,
         total=repo.count_peers(session), rejections=charts.bar_chart(
@@ -103,6 +103,6 @@ def window_page(request: Request, session: SessionDep, window: WindowPath) -> HT
         return _not_found(request, f"unknown window {window}")
     rows = repo.window_evaluations(session, window=window, limit=1000)
     return _render(
-        request, "window.html", window=window_public(row), counts=queries.window_counts(session, window=window),
+        request, "window.html", window=window_public(row), counts=repo.window_counts(session, window=window),
         receipts=[receipt(r, window_status=row.status) for r in rows],
     )

@@ -17,7 +17,7 @@ from validator.api.schemas import (
     peer_public,
     weight_set_public,
 )
-from validator.db import repo
+from validator.db import repo, weight_repo
 
 router = APIRouter(tags=["scores"])
 
@@ -41,7 +41,7 @@ def leaderboard(session: SessionDep, limit: Limit = 50, offset: Offset = 0) -> L
 )
 def latest_weights(session: SessionDep, successful_only: bool = False) -> WeightSetPublic:
     """The weight set of the highest window, with each uid's current hotkey."""
-    row = repo.latest_weight_set(session, successful_only=successful_only)
+    row = weight_repo.latest_weight_set(session, successful_only=successful_only)
     if row is None:
         raise HTTPException(404, "no weights set yet")
     return weight_set_public(row, queries.hotkeys_by_uid(session, uids=row.uids))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
-from validator.api import queries
 from validator.api.deps import HotkeyQuery, Limit, Offset, SessionDep, WindowPath
 from validator.api.schemas import (
     ErrorDetail,
@@ -48,7 +47,7 @@ def window_summary(session: SessionDep, window: WindowPath) -> WindowSummary:
     reasons = repo.rejections_by_reason(session, from_window=window, to_window=window)
     return WindowSummary(
         **window_public(row).model_dump(),
-        counts=queries.window_counts(session, window=window),
+        counts=repo.window_counts(session, window=window),
         rejections=[ReasonCount(reason=r, count=n) for r, n in reasons.items()],
         weights_set=row.status == "weights_set",
     )
