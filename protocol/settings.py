@@ -1,7 +1,19 @@
 """Node settings: where things live and how to reach them (not consensus parameters).
 
-Precedence, highest first: CLI flags (passed as ``overrides``), ``GAUNTLET_*`` environment
-variables, the TOML settings file (``--config`` or ``GAUNTLET_CONFIG``), then defaults.
+Precedence, highest first:
+
+1. CLI flags (passed to ``load_settings`` as ``overrides``; ``None`` means "not given");
+2. ``GAUNTLET_*`` environment variables (set but empty still counts as set);
+3. btcli's environment variables, for the settings btcli shares with us (``BTCLI_ENV``):
+   ``BT_NETWORK`` (chain), ``BT_WALLET`` (wallet name), ``BT_WALLET_HOTKEY`` and
+   ``BT_WALLET_PATH``, the names the SDK's own ``btcli`` reads (``bittensor/cli/main.py``),
+   so an operator's shell set up for btcli drives both tools alike; empty values are ignored;
+4. the TOML settings file (``--config`` or ``GAUNTLET_CONFIG``);
+5. defaults.
+
+Environment above file is btcli's own rule (flag > env > config file), so one rule covers
+both. ``BT_CHAIN_ENDPOINT`` is not mapped: the SDK reads it itself as the address of the
+``local`` network name (``bittensor/settings.py``), which ``chain = "local"`` then honours.
 The defaults are the embedded development setup: local chain, SQLite, a local storage
 directory, no Redis. Consensus parameters live in the hyper-parameter file instead
 (``protocol.hparams``), because every node of a subnet must share those.
@@ -26,12 +38,33 @@ from pydantic_settings import (
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("gauntlet_config_file", default=None)
 
 
+# Setting -> the btcli environment variable that supplies it when GAUNTLET_<SETTING> is unset.
+BTCLI_ENV: dict[str, str] = {
+    "chain": "BT_NETWORK",
+    "wallet_name": "BT_WALLET",
+    "wallet_hotkey": "BT_WALLET_HOTKEY",
+    "wallet_path": "BT_WALLET_PATH",
+}
+
+
 class SettingsError(ValueError):
     """The node's settings are invalid; the message names the field."""
 
 
 def _default_home() -> Path:
     return Path(os.environ.get("GAUNTLET_HOME", Path.home() / ".gauntlet"))
+
+
+class _BtcliEnvSource(PydanticBaseSettingsSource):
+    """btcli's ``BT_*`` variables as a settings source, ranked below ``GAUNTLET_*`` by its place in the list."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        var = BTCLI_ENV.get(field_name)
+        value = os.environ.get(var) if var else None
+        return value or None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {name: value for name, var in BTCLI_ENV.items() if (value := os.environ.get(var))}
 
 
 class Settings(BaseSettings):
@@ -72,7 +105,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, _BtcliEnvSource(settings_cls)]
         config = _CONFIG_FILE.get() or os.environ.get("GAUNTLET_CONFIG")
         if config:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))

@@ -1,10 +1,13 @@
 """``gauntlet validator run`` (the window loop) and ``gauntlet validator worker`` (Stage-2 jobs).
 
-Settings come from ``protocol.settings`` (``--config`` TOML, ``GAUNTLET_*`` environment,
-flags), hyper-parameters from ``protocol.hparams``. Heavy imports happen inside the
-commands so ``gauntlet --help`` stays instant.
+Settings come from ``protocol.settings`` (flags over ``GAUNTLET_*`` over btcli's ``BT_*``
+environment over the ``--config`` TOML), hyper-parameters from ``protocol.hparams``. The
+connection flags (``--chain``, ``--netuid``, ``--storage``, ``--wallet-*``) are the miner's,
+with the same meaning, so one node's flags can be copied to another. Heavy imports happen
+inside the commands so ``gauntlet --help`` stays instant.
 
     gauntlet validator run --wallet-name validator --hotkey default --windows 3 --allow-local-storage
+    gauntlet validator run --chain ws://127.0.0.1:9944 --netuid 2 --storage s3://bucket/validator
     gauntlet validator worker --validator-hotkey 5F... --allow-local-storage
 """
 
@@ -27,10 +30,19 @@ def register(app: typer.Typer) -> None:
     app.add_typer(validator_app, name="validator")
 
 
-def _settings(config: Path | None, wallet_name: str | None, hotkey: str | None):
-    from protocol.settings import load_settings
+def _settings(config: Path | None, **overrides: object) -> Settings:
+    """Load settings with the flags given (``None``: not given) on top; bad settings exit 2 in one line.
 
-    settings = load_settings(config, wallet_name=wallet_name, wallet_hotkey=hotkey)
+    One line and status 2, like ``gauntlet miner run``: a typo in ``--netuid`` or the TOML file is an
+    operator error, not a crash worth a traceback.
+    """
+    from protocol.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(config, **overrides)
+    except SettingsError as exc:
+        typer.echo(f"gauntlet validator: {exc}", err=True)
+        raise typer.Exit(2) from None
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return settings
 
@@ -54,6 +66,12 @@ def run_cmd(
     config: Path | None = typer.Option(None, "--config", help="TOML settings file."),
     wallet_name: str | None = typer.Option(None, "--wallet-name", help="Wallet holding the validator hotkey."),
     hotkey: str | None = typer.Option(None, "--hotkey", help="Hotkey name inside the wallet."),
+    wallet_path: Path | None = typer.Option(None, "--wallet-path", help="Wallet directory (overrides settings)."),
+    chain: str | None = typer.Option(None, "--chain", help="Chain URL (overrides settings)."),
+    storage: str | None = typer.Option(
+        None, "--storage", help="Storage URL this validator publishes proposals, aggregates and checkpoints to "
+        "(overrides settings)."),
+    netuid: int | None = typer.Option(None, "--netuid", help="Subnet id (overrides settings)."),
     windows: int | None = typer.Option(None, "--windows", help="Stop after scoring this many windows."),
     allow_local_storage: bool = typer.Option(
         False, "--allow-local-storage", help="Follow miners' file://, http and private-address stores (dev/local "
@@ -63,7 +81,8 @@ def run_cmd(
     """Score every window as it closes, publish aggregates and checkpoints, set weights."""
     from validator import app, service
 
-    settings = _settings(config, wallet_name, hotkey)
+    settings = _settings(config, wallet_name=wallet_name, wallet_hotkey=hotkey, wallet_path=wallet_path,
+                         chain=chain, storage=storage, netuid=netuid)
     local = _allow_private(settings, allow_local_storage)
     ctx = app.build_context(settings, options=app.RunOptions(allow_local_storage=local))
     app.serve_metrics(settings)
@@ -78,9 +97,15 @@ def worker_cmd(
     config: Path | None = typer.Option(None, "--config", help="TOML settings file."),
     validator_hotkey: str | None = typer.Option(
         None, "--validator-hotkey", help="Whose published checkpoints/aggregates define theta (default: own wallet)."),
-    wallet_name: str | None = typer.Option(None, "--wallet-name"),
-    hotkey: str | None = typer.Option(None, "--hotkey"),
-    allow_local_storage: bool = typer.Option(False, "--allow-local-storage"),
+    wallet_name: str | None = typer.Option(None, "--wallet-name", help="Wallet holding the validator hotkey."),
+    hotkey: str | None = typer.Option(None, "--hotkey", help="Hotkey name inside the wallet."),
+    wallet_path: Path | None = typer.Option(None, "--wallet-path", help="Wallet directory (overrides settings)."),
+    storage: str | None = typer.Option(
+        None, "--storage", help="The validator's storage URL, read for the checkpoints and aggregates that define "
+        "theta (overrides settings; the one its `validator run` publishes to)."),
+    allow_local_storage: bool = typer.Option(
+        False, "--allow-local-storage", help="Follow miners' file://, http and private-address stores (dev/local "
+        "network only)."),
     max_jobs: int | None = typer.Option(None, "--max-jobs", help="Exit after this many jobs."),
     idle_exit_s: float | None = typer.Option(None, "--idle-exit-s", help="Exit after this long without jobs."),
     threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads for this worker."),
@@ -89,7 +114,9 @@ def worker_cmd(
     from validator import app
     from validator.worker import default_consumer
 
-    settings = _settings(config, wallet_name, hotkey)
+    # No --chain/--netuid: a worker never talks to the chain; jobs arrive on Redis.
+    settings = _settings(config, wallet_name=wallet_name, wallet_hotkey=hotkey, wallet_path=wallet_path,
+                         storage=storage)
     if threads:
         import torch
 
