@@ -145,8 +145,9 @@ def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_bat
                      **{n: {"norm": norms[n], "contribution": contrib[n], "indicator": ind[n], "bma": peer[n].bma,
                             "score": peer[n].score, "weight": weights.get(i, 0.0)} for i, n in enumerate(names)}})
         honest = [dense_to_update(decoded[f"honest-{s}"]) for s in steps]
-        agg = robust_aggregate(honest, {n: tuple(t.shape) for n, t in state.items()}, hp,
-                               statistics.median(norms[f"honest-{s}"] for s in steps))
+        honest_norms = [norms[f"honest-{s}"] for s in steps]
+        agg = robust_aggregate(honest, honest_norms, {n: tuple(t.shape) for n, t in state.items()}, hp,
+                               statistics.median(honest_norms))
         apply_update(state, dense_to_update(agg, lr=hp.outer.lr))
         print(f"window {w:2d}: " + " ".join(f"{n}={rows[-1][n]['weight']:.3f}" for n in names), flush=True)
     return {"peers": names, "steps": steps, "rows": rows}

@@ -49,20 +49,21 @@ class Published:
     reused: bool = False
 
 
-def robust_aggregate(updates: Sequence[SparseUpdate], shapes: Mapping[str, tuple[int, ...]], hp: HParams,
-                     median_norm: float | None) -> dict[str, torch.Tensor]:
+def robust_aggregate(updates: Sequence[SparseUpdate], norms: Sequence[float], shapes: Mapping[str, tuple[int, ...]],
+                     hp: HParams, median_norm: float | None) -> dict[str, torch.Tensor]:
     """Dense aggregate of sparse deltas under the subnet's size rule (``scoring.scale``), then the configured rule.
 
-    ``normalise``: each delta scaled to ``median_norm`` as Stage 2 scored it; ``cap``: each tensor
-    clipped to the median of that tensor's norms (the reference's rule).
+    ``norms`` are the deltas' norms as Stage 1 measured them. ``normalise``: each delta scaled to
+    ``median_norm`` as Stage 2 scored it; ``cap``: each tensor clipped to the median of that
+    tensor's norms (the reference's rule).
     """
     from scoring.aggregate import aggregate
     from scoring.scale import normalising_factor
 
+    normalise = hp.scoring.eval_norm == "normalise"
     dense = []
-    for update in updates:
-        norm = float(torch.sqrt(sum(torch.sum(val.double() ** 2) for _idx, val in update.values())))
-        factor = normalising_factor(norm, median_norm) if hp.scoring.eval_norm == "normalise" else 1.0
+    for update, norm in zip(updates, norms, strict=True):
+        factor = normalising_factor(norm, median_norm) if normalise else 1.0
         d = {}
         for name, shape in shapes.items():
             t = torch.zeros(int(torch.Size(shape).numel()), dtype=torch.float32)
@@ -98,7 +99,8 @@ def publish_proposal(storage: Storage, keypair: Any, window: int, model: GlobalM
     if published is not None:
         return published
     peers = outcome.ranked_for_aggregate(hp.outer.max_peers)
-    agg = robust_aggregate([s1.accepted[hk].decoded.update for hk in peers], model.shapes, hp, s1.median_norm)
+    chosen = [s1.accepted[hk].decoded for hk in peers]
+    agg = robust_aggregate([d.update for d in chosen], [d.norm for d in chosen], model.shapes, hp, s1.median_norm)
     update = dense_to_update(agg, lr=hp.outer.lr)
     nxt = model.copy()
     apply_update(nxt.state, update)
