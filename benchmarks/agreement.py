@@ -32,7 +32,7 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from chain.agreement import pairwise_spearman  # noqa: E402
+from chain.agreement import pairwise_agreement  # noqa: E402
 from protocol.global_model import GlobalModel  # noqa: E402
 from protocol.hparams import load_hparams  # noqa: E402
 from protocol.storage import LocalStorage  # noqa: E402
@@ -107,12 +107,13 @@ def agreement(run_dir: Path, windows: int) -> None:
     run_localnet(run_dir, windows, "--late-validator", "2", "--adversaries", "copycat,free-rider-zero,stale")
     _validators, peers, dbs = read(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    rhos = pairwise_spearman({n: d["weights"] for n, d in dbs.items()}, sorted(p["uid"] for p in peers.values()))
-    print("\nagreement: lowest Spearman rho between two validators' weights, per epoch")
-    for epoch in sorted({e for e, *_ in rhos}):
-        pairs = [(a, b, r) for e, a, b, r in rhos if e == epoch]
-        low = min(pairs, key=lambda t: t[2])
-        print(f"  epoch {epoch:>3}: min rho {low[2]:.3f} ({low[0]} vs {low[1]}), {len(pairs)} pair(s)")
+    pairs = pairwise_agreement({n: d["weights"] for n, d in dbs.items()}, sorted(p["uid"] for p in peers.values()))
+    print("\nagreement per epoch: lowest Spearman rho and lowest weight overlap between two validators")
+    for epoch in sorted({p.epoch for p in pairs}):
+        now = [p for p in pairs if p.epoch == epoch]
+        low = min(now, key=lambda p: p.rho)
+        print(f"  epoch {epoch:>3}: min rho {low.rho:.3f} ({low.a} vs {low.b}), "
+              f"min overlap {min(p.overlap for p in now):.3f}, {len(now)} pair(s)")
     print("final Yuma validator trust: " + ", ".join(
         f"{n} {v['validator_trust']:.3f}" for n, v in summary["validators"].items()))
     common = set.intersection(*(set(d["hashes"]) for d in dbs.values()))

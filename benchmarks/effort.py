@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from chain.agreement import spearman
 from miner.compress import Compressor
 from miner.train import inner_train, iter_batches, load_state, make_optimizer, pseudo_gradient
 from protocol.hparams import HParams, WeightParams
@@ -57,26 +58,6 @@ def hparams(pages: int = 2, micro_batch: int = 8, eval_norm: str = "normalise") 
 
 def _norm(d: dict[str, torch.Tensor]) -> float:
     return float(torch.sqrt(sum((t.double() ** 2).sum() for t in d.values())))
-
-
-def spearman(xs: list[float], ys: list[float]) -> float:
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for t in range(i, j + 1):
-                r[order[t]] = (i + j) / 2 + 1
-            i = j + 1
-        return r
-    rx, ry = ranks(xs), ranks(ys)
-    mx, my = statistics.mean(rx), statistics.mean(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    den = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-    return cov / den if den else 0.0
 
 
 def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_batch: int = 8,

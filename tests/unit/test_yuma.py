@@ -113,3 +113,15 @@ def test_validator_trust_is_the_weight_under_consensus() -> None:
     trust = validator_trust(rows, {0: 400.0, 1: 300.0, 2: 300.0})
     assert trust[0] == pytest.approx(1.0) and trust[1] == pytest.approx(1.0)
     assert trust[2] == pytest.approx(0.0)  # a minority's favourite is clipped to the majority's 0
+
+
+def test_weight_overlap_is_shared_mass_and_not_moved_by_a_near_zero_miner() -> None:
+    from chain.agreement import pairwise_agreement, spearman, weight_overlap
+
+    a, b = [0, 0, 0, 0.1, 0.3, 0.6], [0, 0, 0, 0, 0.3, 0.7]
+    assert weight_overlap(a, b) == pytest.approx(0.9)  # 0 + 0.3 + 0.6
+    assert spearman(a, b) < 0.9  # the rank view calls this a clear disagreement
+    assert weight_overlap([1, 0], [0, 1]) == 0.0 and weight_overlap([2, 2], [1, 1]) == pytest.approx(1.0)
+    assert weight_overlap([0, 0], [0, 0]) == 1.0 and weight_overlap([0, 0], [0, 1]) == 0.0
+    pairs = pairwise_agreement({"v1": {5: {3: 1.0, 4: 1.0}}, "v2": {5: {3: 1.0}, 6: {4: 1.0}}}, [3, 4])
+    assert [(p.epoch, p.a, p.b, p.overlap) for p in pairs] == [(5, "v1", "v2", 0.5)]
