@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint chromium demo bench clean
 
 $(BIN)/gauntlet: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,12 @@ setup: $(BIN)/gauntlet
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+# Headless Chromium for the dashboard test: installed with apt-get when missing (root or
+# passwordless sudo), otherwise the exact command is printed and that one test skips.
+chromium:
+	@sh tests/e2e/install-chromium.sh
+
+test: setup lint chromium
 	$(BIN)/python -m pytest -q
 
 demo: setup

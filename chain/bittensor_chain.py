@@ -1,10 +1,12 @@
 """The Bittensor backend: the :class:`chain.base.Chain` interface over the bittensor SDK.
 
 Everything goes through the SDK's ``SyncClient`` and its ``Substrate`` seam: reads are
-the SDK's typed reads (``subnets.metagraph``, ``subnets.commitments``) and the raw
-``Weights`` map, writes are the SDK's ``SetWeights`` intent (which itself picks the
-plaintext or timelocked commit-reveal path from ``CommitRevealWeightsEnabled``) and a
-raw hotkey-signed ``Commitments.set_commitment`` call. Passing ``substrate=`` swaps the
+the SDK's typed reads (``subnets.metagraph``, ``subnets.commitments``, ``weights.weights``),
+writes are the SDK's ``SetWeights`` intent and a raw hotkey-signed
+``Commitments.set_commitment`` call. ``SetWeights`` does the u16 conversion itself (the
+SDK's ``normalize``: largest weight to 65535, zeros dropped, after clipping to the subnet's
+``MaxWeightsLimit``) and reads ``CommitRevealWeightsEnabled`` at the head on every call, so
+a subnet that turns commit-reveal on gets timelocked commits from the next set. Passing ``substrate=`` swaps the
 transport for any implementation of the SDK's ``Substrate`` protocol; the tests use an
 in-memory fake, so this module is exercised without a node.
 
@@ -34,6 +36,10 @@ from chain.base import (
     hotkey_address,
 )
 from chain.wallets import unlock_coldkey
+
+__all__ = [
+    "BittensorChain",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -177,15 +183,17 @@ class BittensorChain:
         return {hk: c.data for hk, c in found.items() if c.uid is not None and c.data}
 
     def weights(self, netuid: int) -> dict[int, dict[int, float]]:
-        rows = self._call("weights", lambda: self._client.query_map(("SubtensorModule", "Weights"), [netuid]))
-        return self._normalise_rows(rows)
+        """The SDK's weights read (u16 rows as fractions of their sum), positive weights only.
 
-    def _normalise_rows(self, rows: Any) -> dict[int, dict[int, float]]:
+        The SDK keeps a row's zero entries and rows that are all zero; the interface promises
+        only the weights a validator actually gives, so those are dropped here.
+        """
+        rows = self._call("weights", lambda: self._client.weights.weights(netuid))
         out: dict[int, dict[int, float]] = {}
-        for uid, pairs in rows or []:
-            total = sum(int(w) for _, w in pairs)
-            if total:
-                out[int(uid)] = {int(d): int(w) / total for d, w in pairs if int(w)}
+        for uid, row in rows.items():
+            given = {int(d): float(w) for d, w in row.items() if w > 0}
+            if given:
+                out[int(uid)] = given
         return out
 
     # --- writes -------------------------------------------------------------------------

@@ -173,6 +173,7 @@ class LocalNet:
         from chain.wallets import create_wallet
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.migrate_databases()
         self.hp_path.write_text(self.hp.model_dump_json(indent=1))
         _page_store(self.run_dir / "home", self.hp)
         wallets = self.run_dir / "wallets"
@@ -196,6 +197,19 @@ class LocalNet:
             {v.name: {"hotkey": self.validator_hotkeys[v.name], "stake": v.stake, "db_url": v.db_url,
                       "store": v.store_url, "delay_windows": v.delay_windows} for v in self.validators}, indent=1))
         return chain
+
+    def migrate_databases(self) -> None:
+        """Bring every validator's database to the schema head before any process starts.
+
+        The live view, the API and a late validator read these databases from the first second,
+        while a validator migrates its own only once it has started (seconds later, after its
+        imports). Migrating here, with nothing else connected, means no reader ever sees a fresh
+        PostgreSQL database without its tables and no two processes run Alembic at once.
+        """
+        from validator.db.session import migrate
+
+        for node in self.validators:
+            migrate(node.db_url)
 
     def env(self, storage: str, **extra: str) -> dict[str, str]:
         env = dict(os.environ)

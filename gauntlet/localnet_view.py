@@ -15,6 +15,10 @@ import sqlalchemy as sa
 
 from validator.db.models import FINAL_WINDOW_STATUSES, Evaluation, Peer, WeightSet, Window
 
+#: What reading a database the validator has not migrated yet raises: SQLite reports a missing
+#: table as an OperationalError, PostgreSQL as a ProgrammingError (UndefinedTable).
+NOT_MIGRATED = (sa.exc.OperationalError, sa.exc.ProgrammingError)
+
 
 @dataclass(frozen=True)
 class Row:
@@ -41,7 +45,7 @@ class View:
             try:
                 rows = c.execute(sa.select(Window.window).where(Window.status.in_(FINAL_WINDOW_STATUSES))
                                  .order_by(Window.window)).all()
-            except sa.exc.OperationalError:  # the validator has not migrated the DB yet
+            except NOT_MIGRATED:  # the validator has not migrated the DB yet
                 return []
         return [w for (w,) in rows]
 
@@ -139,7 +143,7 @@ class Validators:
                 follow = c.execute(sa.select(FollowState.state, FollowState.publisher, FollowState.window,
                                              FollowState.failovers, FollowState.null_windows)).first()
                 sets = c.execute(sa.select(WeightSet.window, WeightSet.uids, WeightSet.weights)).all()
-        except sa.exc.OperationalError:
+        except NOT_MIGRATED:
             return {}
         return {"hashes": {w: h for w, h, _p in windows}, "publishers": {w: p for w, _h, p in windows},
                 "last": windows[-1][0] if windows else None,

@@ -16,9 +16,7 @@ import base64
 import builtins
 import hashlib
 import os
-import random
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -73,15 +71,28 @@ def _shared_session(boto3: Any) -> Any:
     return _SESSION
 
 
+class _BodyBroken(OSError):
+    """A response body that broke off mid-read (transient; :meth:`S3Storage.get` fetches again)."""
+
+
 def _client_config(
-    config_cls: Any, path_style: bool, connect_timeout_s: float, read_timeout_s: float, *, unsigned: bool = False
+    config_cls: Any,
+    path_style: bool,
+    connect_timeout_s: float,
+    read_timeout_s: float,
+    max_attempts: int,
+    *,
+    unsigned: bool = False,
 ) -> Any:
     from botocore import UNSIGNED
 
     options: dict[str, Any] = {
         "signature_version": UNSIGNED if unsigned else "s3v4",
         "s3": {"addressing_style": "path" if path_style else "auto"},
-        "retries": {"total_max_attempts": 1},  # S3Storage retries itself, around whole operations
+        # botocore's standard mode: connection errors, 5xx, throttling and RequestTimeout are
+        # retried with capped, jittered exponential backoff (and a per-client retry quota, so
+        # a store that is down does not multiply our traffic). Counts include the first try.
+        "retries": {"mode": "standard", "total_max_attempts": max_attempts},
         "connect_timeout": connect_timeout_s,
         "read_timeout": read_timeout_s,
     }
@@ -115,8 +126,10 @@ class S3Storage:
     ``uploaded_at`` is the store's ``LastModified``, truncated to whole seconds so that
     ``put``, ``stat`` and ``list`` agree (HEAD reports HTTP dates, which have one-second
     resolution). Transient failures (connection errors, timeouts, 5xx, throttling) are
-    retried with exponential backoff and jitter, ``max_attempts`` tries in all; after that
-    ``StorageUnavailable`` is raised. Credentials come from the arguments, else from
+    retried by botocore's standard retry mode, ``max_attempts`` tries per request in all;
+    after that ``StorageUnavailable`` is raised. botocore retries requests, not a response
+    body that breaks off while being read, so ``get`` fetches such an object again itself, as
+    many times. Credentials come from the arguments, else from
     ``GAUNTLET_S3_ACCESS_KEY_ID`` / ``GAUNTLET_S3_SECRET_ACCESS_KEY``, else from boto3's usual
     chain (``AWS_*`` variables, config files). R2 and MinIO usually need ``endpoint_url``;
     MinIO also ``path_style=True``.
@@ -137,10 +150,8 @@ class S3Storage:
         secret_key: str | None = None,
         path_style: bool = False,
         max_attempts: int = 4,
-        backoff_s: float = 0.25,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
         anonymous: bool = False,
         request_guard: Callable[[str], None] | None = None,
     ) -> None:
@@ -153,11 +164,12 @@ class S3Storage:
         self.prefix = _normalise_prefix(prefix)
         self.endpoint_url = endpoint_url
         self.name = f"s3://{bucket}/{self.prefix}" + (f" at {endpoint_url}" if endpoint_url else "")
+        self._attempts = threading.local()  # tries of this thread's last request (errors name them)
         self._max_attempts = max_attempts
-        self._backoff_s = backoff_s
-        self._sleep = sleep
         access, secret = (None, None) if anonymous else _credentials(access_key, secret_key)
-        config = _client_config(config_cls, path_style, connect_timeout_s, read_timeout_s, unsigned=anonymous)
+        config = _client_config(
+            config_cls, path_style, connect_timeout_s, read_timeout_s, max_attempts, unsigned=anonymous
+        )
         with _SESSION_LOCK:  # boto3 sessions are not thread-safe; clients are
             self._client = _shared_session(boto3).client(
                 "s3",
@@ -167,6 +179,9 @@ class S3Storage:
                 aws_secret_access_key=secret,
                 config=config,
             )
+        # botocore decides each retry on "needs-retry" and passes the attempt number; noting it
+        # (and deciding nothing: None) lets an error say how many tries were made.
+        self._client.meta.events.register("needs-retry.s3", self._note_attempt)
         if request_guard is not None:
             self._client.meta.events.register("before-send.s3", _guard_handler(request_guard))
 
@@ -199,11 +214,24 @@ class S3Storage:
                 declared = response.get("ContentLength")
                 if declared is not None and declared > max_bytes:
                     raise ObjectTooLarge(self.name, key, max_bytes)
-                return _read_capped(body.read, max_bytes, self.name, key)
+                try:
+                    return _read_capped(body.read, max_bytes, self.name, key)
+                except Exception as exc:
+                    if self._is_transient(exc):
+                        raise _BodyBroken(str(exc)) from exc
+                    raise
             finally:
                 body.close()
 
-        return self._call("get", key, fetch)
+        # botocore retries requests, not a body that breaks off while it is read: that one
+        # (a miner's delta over a flaky link) is fetched again, up to the same number of tries.
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                return self._call("get", key, fetch)
+            except StorageUnavailable as exc:
+                if attempt == self._max_attempts or not isinstance(exc.__cause__, _BodyBroken):
+                    raise
+        raise AssertionError("unreachable")
 
     def stat(self, key: str) -> ObjectInfo:
         full = self._full(key)
@@ -237,26 +265,25 @@ class S3Storage:
     def _info(self, key: str, size: int, last_modified: Any) -> ObjectInfo:
         return ObjectInfo(key=key, size=int(size), uploaded_at=float(int(last_modified.timestamp())))
 
+    def _note_attempt(self, attempts: int = 1, **_: Any) -> None:
+        self._attempts.last = attempts
+
     def _call(self, op: str, key: str | None, fn: Callable[[], T]) -> T:
-        """Run ``fn``, retrying transient failures with backoff and translating boto errors."""
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                return fn()
-            except StorageError:
+        """Run ``fn`` (botocore retries its requests) and translate what still fails."""
+        self._attempts.last = 1
+        try:
+            return fn()
+        except StorageError:
+            raise
+        except Exception as exc:
+            if self._is_transient(exc):
+                raise StorageUnavailable(
+                    self.name, key, f"{op} failed after {self._attempts.last} attempt(s): {exc}"
+                ) from exc
+            translated = self._translate(op, key, exc)
+            if translated is exc:
                 raise
-            except Exception as exc:
-                if not self._is_transient(exc):
-                    translated = self._translate(op, key, exc)
-                    if translated is exc:
-                        raise
-                    raise translated from exc
-                if attempt == self._max_attempts:
-                    raise StorageUnavailable(
-                        self.name, key, f"{op} failed after {attempt} attempt(s): {exc}"
-                    ) from exc
-                delay = self._backoff_s * 2 ** (attempt - 1)
-                self._sleep(delay * random.uniform(0.5, 1.0))
-        raise AssertionError("unreachable")
+            raise translated from exc
 
     def _is_transient(self, exc: Exception) -> bool:
         errors = self._exceptions

@@ -8,9 +8,9 @@
   twice (a worker died after writing, before acknowledging) overwrites the same result.
   Jobs of a dead worker stay in the group's pending list and are taken over with
   ``reclaim_stale`` (``XAUTOCLAIM``) once idle long enough.
-* :class:`LeaderLease` is a lease (``SET NX PX``; renew and release by compare-and-set in
-  Lua) so that one validator instance alone sets weights. The database's unique weight
-  set per window is the final guard against a stale leader.
+* :class:`LeaderLease` is a lease (redis-py's :class:`~redis.lock.Lock`: ``SET NX PX``,
+  token-checked renew and release) so that one validator instance alone sets weights. The
+  database's unique weight set per window is the final guard against a stale leader.
 * Degraded mode: every Redis failure (connection refused, timeout, server loading) surfaces
   as one exception, :class:`QueueUnavailable`. The caller catches it, evaluates in-process
   and keeps going; :class:`RedisHealth` logs the outage and the recovery once each and
@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import LockError
+from redis.lock import Lock
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -326,27 +328,14 @@ class WorkQueue:
         ]
 
 
-# KEYS: lease key. ARGV: owner, ttl_ms.
-_ACQUIRE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 class LeaderLease:
-    """A lease held by one owner at a time; it lapses ``ttl_s`` after the last renewal."""
+    """A lease held by one owner at a time; it lapses ``ttl_s`` after the last renewal.
+
+    Built on redis-py's :class:`redis.lock.Lock` (``SET NX PX`` to take it, token-checked Lua
+    to renew and release) rather than scripts of our own. The lock's token *is* the owner's
+    name, so ``holder()`` can say who leads, and any lease object for the same owner (a
+    restarted loop in the same process) recognises the lease as its own.
+    """
 
     def __init__(
         self,
@@ -360,27 +349,47 @@ class LeaderLease:
             raise ValueError("ttl_s must be positive")
         self.client = client
         self.key = key
-        self.ttl_ms = int(ttl_s * 1000)
+        self.ttl_s = ttl_s
         self.health = health
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
 
-    def _run(self, what: str, script: Any, owner: str) -> bool:
-        with _guard(self.health, what):
-            return bool(script(keys=[self.key], args=[owner, self.ttl_ms]))
+    def _lock(self, owner: str) -> Lock:
+        # Not thread-local: the token names the owner, whichever thread asks on its behalf.
+        lock = Lock(self.client, self.key, timeout=self.ttl_s, blocking=False, thread_local=False)
+        lock.local.token = self.client.get_encoder().encode(owner)
+        return lock
 
     def acquire(self, owner: str) -> bool:
         """Take the lease if free (or extend it if ``owner`` holds it); True if ``owner`` holds it."""
-        return self._run("lease acquire", self._acquire, owner)
+        lock = self._lock(owner)
+        with _guard(self.health, "lease acquire"):
+            try:
+                return lock.reacquire()  # already ours: back to a full TTL
+            except LockError:
+                return bool(lock.acquire(blocking=False, token=owner))
 
     def renew(self, owner: str) -> bool:
-        """Extend the lease if ``owner`` still holds it; False if it was lost."""
-        return self._run("lease renew", self._renew, owner)
+        """Extend the lease if ``owner`` still holds it; False if it was lost (lapsed or taken)."""
+        lock = self._lock(owner)
+        with _guard(self.health, "lease renew"):
+            try:
+                return lock.reacquire()
+            except LockError:
+                return False
+
+    def held(self, owner: str) -> bool:
+        """Whether ``owner`` holds the lease now (no renewal)."""
+        with _guard(self.health, "lease held"):
+            return self._lock(owner).owned()
 
     def release(self, owner: str) -> bool:
         """Give the lease up if ``owner`` holds it."""
-        return self._run("lease release", self._release, owner)
+        lock = self._lock(owner)
+        with _guard(self.health, "lease release"):
+            try:
+                lock.release()
+            except LockError:
+                return False
+            return True
 
     def holder(self) -> str | None:
         """The current owner, or None."""

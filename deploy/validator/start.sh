@@ -1,5 +1,8 @@
 #!/bin/sh
-# Wait for PostgreSQL and Redis, bring the schema to head, then start the given command.
+# Wait for PostgreSQL and Redis to accept connections, then start the given command.
+# The schema is not migrated here: the one-shot `migrate` service (`gauntlet validator migrate`)
+# does that once before anything else starts, and the validator runs with
+# GAUNTLET_MIGRATE_ON_START=false (it checks the schema is at head instead of migrating).
 set -eu
 python - <<'PY'
 import os, socket, sys, time, urllib.parse
@@ -17,5 +20,4 @@ for var in ("GAUNTLET_DATABASE_URL", "GAUNTLET_REDIS_URL"):
                 sys.exit(f"{var}: {url.hostname}:{url.port} unreachable: {exc}")
             time.sleep(1)
 PY
-python -c "import os; from validator.db.session import migrate; migrate(os.environ['GAUNTLET_DATABASE_URL'])"
 exec "$@"

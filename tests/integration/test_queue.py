@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from validator.app import leader_check
 from validator.queue import Job, LeaderLease, QueueUnavailable, RedisHealth, WorkQueue, connect
 
 pytestmark = pytest.mark.integration
@@ -152,6 +153,46 @@ def test_leader_lease_is_exclusive_and_expires(client: redis.Redis, prefix: str)
     assert lease.acquire("validator-a")
     assert not lease.renew("validator-b")  # the old leader learns it lost the lease
     assert 0 < client.pttl(lease.key) <= 300
+
+
+def test_two_owners_never_both_hold_the_lease_and_a_lapsed_one_notices(redis_url: str, prefix: str) -> None:
+    # Two validator processes: separate clients and lease objects racing for one key.
+    clients = [connect(redis_url) for _ in range(8)]
+    try:
+        leases = [LeaderLease(c, key=f"{prefix}:leader", ttl_s=0.4) for c in clients]
+        start = threading.Barrier(len(leases))
+        won: list[str] = []
+
+        def contend(i: int) -> None:
+            start.wait()
+            if leases[i].acquire(f"owner-{i}"):
+                won.append(f"owner-{i}")
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(len(leases))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1  # exactly one winner of a simultaneous race
+        leader = won[0]
+        assert [ls.held(f"owner-{i}") for i, ls in enumerate(leases)].count(True) == 1
+        assert leases[0].holder() == leader
+
+        # The leader stalls past the TTL; another owner takes over.
+        time.sleep(0.55)
+        other = next(f"owner-{i}" for i in range(len(leases)) if f"owner-{i}" != leader)
+        assert leases[1].acquire(other)
+        # The stalled leader notices the loss every way it can ask, and cannot take it back.
+        stale = leases[2]
+        assert not stale.held(leader)
+        assert not stale.renew(leader)
+        assert not stale.acquire(leader)
+        assert not stale.release(leader)
+        assert stale.holder() == other and stale.held(other)
+        assert leader_check(stale, leader)() is False and leader_check(stale, other)() is True
+    finally:
+        for c in clients:
+            c.close()
 
 
 def test_redis_down_raises_queue_unavailable(caplog: pytest.LogCaptureFixture) -> None:

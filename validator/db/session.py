@@ -5,7 +5,10 @@ the validator writes), a busy timeout (writers wait instead of failing) and enfo
 keys; PostgreSQL gets ``pool_pre_ping`` so a restarted server does not surface as an error
 on the next request. ``migrate``/``downgrade`` run Alembic programmatically against the
 migrations in ``migrations/`` (``migrations/alembic.ini``), so the validator brings its
-schema up to date on start without a separate ``alembic`` invocation.
+schema up to date on start without a separate ``alembic`` invocation. Where several processes
+share one database (the Compose deployment), one ``gauntlet validator migrate`` runs first and
+the validator only checks the schema (``require_head``): two Alembic runs racing on a fresh
+database would both try to create the same tables.
 """
 
 from __future__ import annotations
@@ -74,6 +77,32 @@ def migrate(url: str | URL, revision: str = "head") -> None:
     if engine_url.get_backend_name() == "sqlite" and engine_url.database not in (None, "", ":memory:"):
         Path(engine_url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), revision)
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The database is not at the migrations' head (and this process was told not to migrate it)."""
+
+
+def head_revision() -> str:
+    """The newest revision in ``migrations/`` (what ``migrate`` upgrades to)."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "migrations/ has no revisions"
+    return head
+
+
+def require_head(url: str | URL) -> None:
+    """Raise ``SchemaNotCurrent`` unless the database at ``url`` is at the head revision.
+
+    A validator that skips migrating must not write into an older (or empty) schema: it would
+    fail later, mid-window, on a missing column instead of at start with the fix in the message.
+    """
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        shown = sa.make_url(url).render_as_string(hide_password=True)
+        raise SchemaNotCurrent(f"database {shown} is at revision {current or 'none (empty)'}, this code needs "
+                               f"{head}: run `gauntlet validator migrate` first (or set GAUNTLET_MIGRATE_ON_START=true)")
 
 
 def downgrade(url: str | URL, revision: str) -> None:
