@@ -13,7 +13,7 @@ every assigned page evaluated, 4 random pages):
 Every window the validator's own code scores them: ``validator.evaluate.WindowEvaluator`` at the
 normalised step (``scoring.scale``), per-page indicator (``scoring.loss.page_indicator``),
 OpenSkill ratings, bma, final score and weights (``scoring``); the outer step applies the
-normalised ``selected_mean`` of the honest deltas (``validator.publish.robust_aggregate``).
+normalised ``selected_mean`` of the honest deltas (``validator.publish.outer_step``).
 
 Printed: mean weight share per peer over the run and over its second half, effort-weight
 Spearman, the twins' scores against honest-4's, and the proof-of-work test's honest
@@ -35,7 +35,7 @@ from chain.agreement import spearman
 from miner.compress import Compressor
 from miner.train import inner_train, iter_batches, load_state, make_optimizer, pseudo_gradient
 from protocol.hparams import HParams, WeightParams
-from protocol.model import build_model, preset
+from protocol.model import build_model, model_from_state, preset
 from protocol.pages import assigned_pages, default_store, derive_seed, random_eval_pages
 from protocol.sync import apply_update, dense_to_update
 from scoring import final, ratings
@@ -43,8 +43,7 @@ from scoring.loss import contribution, page_indicator, relative_improvement, upd
 from scoring.scale import step_factor
 from scoring.weights import compute_weights
 from validator.evaluate import EvalJob, WindowEvaluator, eval_subset
-from validator.publish import robust_aggregate
-from validator.stage2 import model_from_state
+from validator.publish import outer_step
 
 SCALES = (0.3, 1.5, 3.0, 10.0)
 
@@ -127,9 +126,8 @@ def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_bat
                             "score": peer[n].score, "weight": weights.get(i, 0.0)} for i, n in enumerate(names)}})
         honest = [dense_to_update(decoded[f"honest-{s}"]) for s in steps]
         honest_norms = [norms[f"honest-{s}"] for s in steps]
-        agg = robust_aggregate(honest, honest_norms, {n: tuple(t.shape) for n, t in state.items()}, hp,
-                               statistics.median(honest_norms))
-        apply_update(state, dense_to_update(agg, lr=hp.outer.lr))
+        apply_update(state, outer_step(honest, honest_norms, {n: tuple(t.shape) for n, t in state.items()}, hp,
+                                       statistics.median(honest_norms)))
         print(f"window {w:2d}: " + " ".join(f"{n}={rows[-1][n]['weight']:.3f}" for n in names), flush=True)
     return {"peers": names, "steps": steps, "rows": rows}
 

@@ -2,6 +2,10 @@
 
     python benchmarks/validator.py                 # 8, 32, 128 peers + worker comparison
     python benchmarks/validator.py --peers 8 --no-workers
+    python benchmarks/validator.py --device cuda --dtype bf16 --preset 1b --peers 256   # Stage 2 at scale
+
+With ``--device``, ``--dtype`` or ``--preset`` it runs ``benchmarks/stage2_scale.py`` instead
+(Stage 2 alone on any preset and device: peers/s, share of a window, RSS in N, GPU memory).
 
 Setup (not timed): a local chain with N registered miners, each with its own local store,
 the real KJV page store and the default hyper-parameters (tiny preset, seq_len 128,
@@ -149,6 +153,8 @@ def bench_workers(n: int, pages, workers: int) -> float:
 
 
 def main() -> None:
+    if any(a.split("=")[0] in ("--device", "--dtype", "--preset") for a in sys.argv[1:]):
+        os.execv(sys.executable, [sys.executable, str(Path(__file__).with_name("stage2_scale.py")), *_scale_args(sys.argv[1:])])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peers", type=int, nargs="*", default=[8, 32, 128])
     ap.add_argument("--worker-peers", type=int, default=32)
@@ -172,6 +178,22 @@ def main() -> None:
     print(f"\nStage-2 workers ({args.worker_peers} peers, torch threads = 1 per worker): "
           f"1 worker {one:.1f} s ({args.worker_peers / one:.2f} peers/s) | 2 workers {two:.1f} s "
           f"({args.worker_peers / two:.2f} peers/s) | speed-up x{one / two:.2f}")
+
+
+def _scale_args(argv: list[str]) -> list[str]:
+    """``--peers 8 32`` (this script's form) as ``--peers 8,32`` (stage2_scale's)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--peers":
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            out += ["--peers", ",".join(argv[i + 1 : j])]
+            i = j
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 if __name__ == "__main__":

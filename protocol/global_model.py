@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,7 +30,18 @@ from protocol.sync import (
     pack_checkpoint,
     parse_aggregate,
     parse_checkpoint,
+    revert_update,
+    undo_arena,
 )
+
+__all__ = [
+    "GlobalModel",
+    "OutOfSync",
+    "checkpoint_bytes",
+    "latest_checkpoint_window",
+    "load_checkpoint",
+    "sync_global_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,9 @@ class GlobalModel:
     hash: str
     publisher: str | None = None
     genesis_window: int | None = None  # the window of the subnet's first checkpoint
+    # Old values of the coordinates the last step touched, kept between windows so that
+    # applying an aggregate does not page-fault fresh memory every window (see step()).
+    _undo: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def initial(cls, hp: HParams, window: int = 0) -> GlobalModel:
@@ -75,13 +89,14 @@ class GlobalModel:
         meta, update = parse_aggregate(data, shapes=self.shapes, max_bytes=max_bytes, publisher=publisher)
         if meta.window != self.window or meta.base_model_hash != self.hash:
             raise OutOfSync(f"aggregate for window {meta.window} does not extend window {self.window} ({self.hash[:12]})")
-        # Keep the touched coordinates: a result that does not match its claim leaves theta as it was.
-        saved = {name: self.state[name].view(-1)[idx].clone() for name, (idx, _v) in update.items()}
-        apply_update(self.state, update)
+        # Keep the touched coordinates' old values: a result that does not match its claim leaves theta as it was.
+        undo: dict[str, torch.Tensor] = {}
+        if self._undo is None or self._undo.numel() < update.touched:
+            self._undo = undo_arena(update.touched)
+        apply_update(self.state, update, undo=undo, arena=self._undo)
         new_hash = model_hash(self.state)
         if new_hash != meta.result_model_hash:
-            for name, (idx, _v) in update.items():
-                self.state[name].view(-1).index_put_((idx,), saved[name])
+            revert_update(self.state, update, undo)
             raise OutOfSync(f"aggregate {meta.window} gave {new_hash[:12]}, publisher claims {meta.result_model_hash[:12]}")
         self.window, self.hash = meta.window + 1, new_hash
         self.publisher = None if meta.null else meta.validator

@@ -14,6 +14,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+__all__ = [
+    "CodecParams",
+    "DataParams",
+    "HParams",
+    "HParamsError",
+    "InnerParams",
+    "OuterParams",
+    "ScoringParams",
+    "WeightParams",
+    "WindowParams",
+    "load_hparams",
+]
+
 SPEC_VERSION = 1
 DEFAULT_HPARAMS_PATH = Path(__file__).with_name("hparams.json")
 
@@ -102,6 +115,12 @@ class ScoringParams(_Strict):
         3.0, ge=1,
         description="With eval_norm 'cap': the evaluated delta's norm is capped at this x the window's median norm: "
         "loose enough that effort shows (honest norms spread ~3x), tight enough that inflating buys at most this.",
+    )
+    eval_reserve_fraction: float = Field(
+        0.25, ge=0, lt=1,
+        description="Stage 2 stops this share of windows.publish_timeout_s before the publish deadline, leaving it "
+        "for combining, aggregating and publishing; peers not evaluated by then are recorded as unevaluated "
+        "(validator.stage2).",
     )
     indicator_alpha: float = Field(0.05, gt=0, le=1, description="bma <- (1-a)*bma + a*indicator.")
     indicator_margin: float = Field(

@@ -32,6 +32,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = [
+    "Attention",
+    "Block",
+    "Model",
+    "ModelConfig",
+    "RMSNorm",
+    "SwiGLU",
+    "apply_rope",
+    "build_model",
+    "empty_model",
+    "init_weights",
+    "model_from_state",
+    "model_hash",
+    "param_shapes",
+    "preset",
+    "rope_tables",
+    "tensor_hash",
+    "tensor_hashes",
+]
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -85,6 +105,9 @@ def preset(name: str) -> ModelConfig:
 
 
 # --------------------------------------------------------------------------- layers
+
+#: Most logits (batch x positions x vocab) materialised at once: 2^27 fp32 values are 512 MiB.
+MAX_LOGIT_ELEMENTS = 1 << 27
 
 
 class RMSNorm(nn.Module):
@@ -178,7 +201,8 @@ class Model(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final normalised hidden states [B, T, dim], before the output projection."""
         t = tokens.shape[1]
         if t > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds max_seq_len {self.cfg.max_seq_len}")
@@ -186,17 +210,30 @@ class Model(nn.Module):
         x = self.tok_emb(tokens)
         for layer in self.layers:
             x = layer(x, cos, sin)
+        return self.norm(x)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         # Tied output projection: logits against the input embedding matrix.
-        return F.linear(self.norm(x), self.tok_emb.weight)
+        return F.linear(self.hidden(tokens), self.tok_emb.weight)
 
     def _token_losses(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Per-position next-token cross-entropy [B, T-1]; inputs and targets are the row shifted by one."""
+        """Per-position next-token cross-entropy [B, T-1]; inputs and targets are the row shifted by one.
+
+        The fp32 logits of a whole batch are B x T x vocab: 12 GB for 48 sequences of 2048 tokens
+        at a 32k vocabulary. Above ``MAX_LOGIT_ELEMENTS`` they are computed a few rows at a time
+        and dropped after each row's cross-entropy; below it (every batch of the tiny preset) the
+        one-shot path runs unchanged, so small-model results stay bit-identical.
+        """
         if tokens.dim() != 2 or tokens.shape[1] < 2:
             raise ValueError(f"tokens must be [batch, seq >= 2], got {tuple(tokens.shape)}")
-        logits = self(tokens[:, :-1])
+        h = self.hidden(tokens[:, :-1])
         targets = tokens[:, 1:]
-        losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        return losses.view_as(targets)
+        per_row = targets.shape[1] * self.cfg.vocab_size
+        rows = max(1, MAX_LOGIT_ELEMENTS // per_row)
+        chunks = [F.cross_entropy(F.linear(h[i : i + rows], self.tok_emb.weight).float().flatten(0, 1),
+                                  targets[i : i + rows].flatten(), reduction="none")
+                  for i in range(0, h.shape[0], rows)]
+        return (chunks[0] if len(chunks) == 1 else torch.cat(chunks)).view_as(targets)
 
     def loss(self, tokens: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) over all predicted positions of the batch."""

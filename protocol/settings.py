@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -33,6 +33,12 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+__all__ = [
+    "Settings",
+    "SettingsError",
+    "load_settings",
+]
 
 # The settings file named by the caller; a ContextVar keeps load_settings() free of global side effects.
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("gauntlet_config_file", default=None)
@@ -84,6 +90,13 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
     log_level: str = "INFO"
+    migrate_on_start: bool = Field(
+        True, description="`validator run` brings the database schema to head before it starts. Off "
+        "(GAUNTLET_MIGRATE_ON_START=false) where one `gauntlet validator migrate` runs first, as the Compose "
+        "deployment's one-shot migrate service does: the validator then refuses a schema that is not at head.")
+    device: str = Field("cpu", description="Where the validator and its workers run Stage 2: cpu, cuda or cuda:N.")
+    dtype: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Stage-2 precision: fp32, or bf16 autocast (fp32 weights; for GPUs).")
     allow_private_miner_storage: bool = Field(
         False, description="Development only: follow miners' file:// stores, plain-http endpoints and loopback or "
         "private hosts (local networks, tests). Off, a validator contacts only public https S3 endpoints.")

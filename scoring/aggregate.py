@@ -26,13 +26,25 @@ loss-based selection only bounds that risk per window. So (Gauntlet notes):
 Memory: work proceeds tensor by tensor (only one tensor's ``[n_peers, …]`` stack is alive at
 a time) and inputs are never modified. Arithmetic is float32 at least (float64 stays
 float64); each result has its input's dtype.
+
+Sparse inputs (:func:`aggregate_sparse`, what the validator uses): peers' deltas as
+(positions, values) per tensor, never densified per peer. ``mean`` and ``selected_mean``
+accumulate values and counts into one tensor-sized buffer; the other rules build one
+tensor's stack at a time. Both forms give bit-identical results, because every reduction
+that could depend on layout has one defined order:
+
+* sums over peers run in peer order, one addition per peer and coordinate (what torch's
+  own ``sum(dim=0)`` does up to 17 peers; beyond, it groups rows, so it is not used);
+* the per-tensor norm of median clipping is the fp32 norm of the peer's nonzero values
+  in position order (a zero adds nothing, but where torch's reduction splits a dense row
+  would change the last bit).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -42,6 +54,7 @@ __all__ = [
     "CENTERED_CLIP_ITERATIONS",
     "Rule",
     "aggregate",
+    "aggregate_sparse",
     "centered_clip",
     "clip_to_median_norm",
     "selected_mean",
@@ -76,12 +89,33 @@ def _stack(deltas: Sequence[dict[str, Tensor]], name: str) -> Tensor:
     return torch.stack([d[name].to(dtype) for d in deltas])
 
 
-def _clip_factors(stack: Tensor) -> Tensor:
-    """Per-peer factor ``min(1, median_norm / norm)`` (1 for a zero norm)."""
-    norms = torch.linalg.vector_norm(stack.reshape(stack.shape[0], -1), dim=1)
+def _nonzero_norm(values: Tensor) -> Tensor:
+    """The norm a peer's tensor is clipped by: over its nonzero values, in position order."""
+    zero = values == 0
+    return torch.linalg.vector_norm(values[~zero] if bool(zero.any()) else values)
+
+
+def _factors(norms: Tensor) -> Tensor:
     median = statistics.median(norms.tolist())
     safe = torch.where(norms > 0, norms, torch.ones_like(norms))
     return torch.where(norms > median, median / safe, torch.ones_like(norms))
+
+
+def _clip_factors(stack: Tensor) -> Tensor:
+    """Per-peer factor ``min(1, median_norm / norm)`` (1 for a zero norm)."""
+    return _factors(torch.stack([_nonzero_norm(row) for row in stack.reshape(stack.shape[0], -1)]))
+
+
+def _ordered_sum(stack: Tensor) -> Tensor:
+    """Sum over peers (dim 0) in peer order: the order a sparse accumulation adds in."""
+    acc = torch.zeros_like(stack[0])
+    for row in stack:
+        acc += row
+    return acc
+
+
+def _mean(stack: Tensor) -> Tensor:
+    return _ordered_sum(stack) / stack.shape[0]
 
 
 def _clip_stack(stack: Tensor) -> Tensor:
@@ -112,7 +146,7 @@ def selected_mean(stack: Tensor) -> Tensor:
     as not selected; with 2-bit LUT values that only happens for an all-zero tensor.)
     """
     count = (stack != 0).sum(dim=0)
-    return stack.sum(dim=0) / count.clamp(min=1).to(stack.dtype)
+    return _ordered_sum(stack) / count.clamp(min=1).to(stack.dtype)
 
 
 def trimmed_mean(stack: Tensor, trim_fraction: float) -> Tensor:
@@ -125,9 +159,9 @@ def trimmed_mean(stack: Tensor, trim_fraction: float) -> Tensor:
     n = stack.shape[0]
     cut = min(math.floor(trim_fraction * n), (n - 1) // 2)
     if cut == 0:
-        return stack.mean(dim=0)
+        return _mean(stack)
     ordered, _ = torch.sort(stack, dim=0)
-    return ordered[cut : n - cut].mean(dim=0)
+    return _mean(ordered[cut : n - cut])
 
 
 def centered_clip(
@@ -175,14 +209,117 @@ def aggregate(
         stack = _stack(deltas, name)
         if clip_to_median:
             stack = _clip_stack(stack)
-        if rule == "mean":
-            combined = stack.mean(dim=0)
-        elif rule == "selected_mean":
-            combined = selected_mean(stack)
-        elif rule == "trimmed_mean":
-            combined = trimmed_mean(stack, trim_fraction)
-        else:
-            combined = centered_clip(stack, tau)
-        result[name] = combined.to(deltas[0][name].dtype)
+        result[name] = _combine(stack, rule, trim_fraction, tau).to(deltas[0][name].dtype)
         del stack
     return result
+
+
+def _combine(stack: Tensor, rule: Rule, trim_fraction: float, tau: float | None) -> Tensor:
+    if rule == "mean":
+        return _mean(stack)
+    if rule == "selected_mean":
+        return selected_mean(stack)
+    if rule == "trimmed_mean":
+        return trimmed_mean(stack, trim_fraction)
+    return centered_clip(stack, tau)
+
+
+def _peer_tensor(peer: Mapping[str, tuple[Tensor, Tensor]], name: str, scale: float) -> tuple[Tensor, Tensor]:
+    """One peer's (positions, values) for ``name``, positions ascending, values times ``scale``."""
+    if name not in peer:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float32)
+    idx, values = peer[name]
+    idx = idx.reshape(-1).to(torch.int64)
+    values = values.reshape(-1).to(_work_dtype(values))
+    if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        order = torch.argsort(idx, stable=True)
+        idx, values = idx[order], values[order]
+        if bool((idx[1:] == idx[:-1]).any()):
+            raise ValueError(f"tensor {name!r}: a peer sends one position twice")
+    return idx, (values * scale if scale != 1.0 else values)
+
+
+# Coordinates per block of the sparse (selected) mean: the block's sums and counts stay in cache
+# while every peer adds into them (one pass over the whole tensor per peer is memory-bound).
+_BLOCK = 1 << 17
+
+
+def _sparse_mean(parts: list[tuple[Tensor, Tensor]], numel: int, selected: bool, out: Tensor) -> Tensor:
+    """(Selected) mean of sparse parts into ``out`` [numel], one cache-sized block at a time.
+
+    Positions are distinct within a part, so each coordinate gets one addition per peer, in
+    peer order, as :func:`_ordered_sum` does (a zero adds nothing and is not counted).
+    """
+    bounds = torch.arange(0, numel + _BLOCK, _BLOCK).clamp_(max=numel)
+    cuts = [torch.searchsorted(idx, bounds).tolist() for idx, _v in parts]
+    total = torch.empty(min(_BLOCK, numel), dtype=out.dtype)
+    count = torch.empty_like(total) if selected else None
+    for b in range(len(bounds) - 1):
+        lo, hi = int(bounds[b]), int(bounds[b + 1])
+        if lo == hi:
+            break
+        t = total[: hi - lo].zero_()
+        c = count[: hi - lo].zero_() if count is not None else None
+        for (idx, values), cut in zip(parts, cuts, strict=True):
+            if cut[b] == cut[b + 1]:
+                continue
+            i, v = idx[cut[b] : cut[b + 1]] - lo, values[cut[b] : cut[b + 1]]
+            t.index_add_(0, i, v)
+            if c is not None:
+                c.index_add_(0, i, (v != 0).to(out.dtype))  # small integers: exact in any float type
+        torch.div(t, len(parts) if c is None else c.clamp_(min=1), out=out[lo:hi])
+    return out
+
+
+def aggregate_sparse(
+    peers: Sequence[Mapping[str, tuple[Tensor, Tensor]]],
+    shapes: Mapping[str, tuple[int, ...]],
+    rule: Rule = "trimmed_mean",
+    trim_fraction: float = 0.2,
+    *,
+    clip_to_median: bool = False,
+    tau: float | None = None,
+    scales: Sequence[float] | None = None,
+    reuse_buffer: bool = False,
+) -> Iterator[tuple[str, Tensor]]:
+    """:func:`aggregate` of sparse deltas, yielding ``(name, combined tensor)`` one tensor at a time.
+
+    ``peers[i][name]`` is (flat positions, values) of peer i; a missing name is an untouched
+    tensor. ``scales[i]`` multiplies peer i's values first (the validator's size rule). The
+    result equals ``aggregate`` of the densified, scaled deltas bit for bit; the caller can
+    turn each yielded tensor into its sparse form before the next one is computed. With
+    ``reuse_buffer`` the means are written into one buffer (no fresh pages per tensor, which
+    cost seconds per billion parameters on small hosts): a yielded tensor is then valid only
+    until the next one is requested.
+    """
+    if rule not in ("mean", "selected_mean", "trimmed_mean", "centered_clip"):
+        raise ValueError(f"unknown aggregation rule {rule!r}")
+    if not peers:
+        raise ValueError("no deltas to aggregate")
+    factors = list(scales) if scales is not None else [1.0] * len(peers)
+    if len(factors) != len(peers):
+        raise ValueError("one scale per peer")
+    buffer: Tensor | None = None
+    for name in sorted(shapes):
+        shape, numel = shapes[name], math.prod(shapes[name])
+        parts = [_peer_tensor(peer, name, f) for peer, f in zip(peers, factors, strict=True)]
+        dtype = torch.float64 if any(v.dtype == torch.float64 for _i, v in parts) else torch.float32
+        parts = [(i, v.to(dtype)) for i, v in parts]
+        if clip_to_median:
+            clip = _factors(torch.stack([_nonzero_norm(v) for _i, v in parts]))
+            parts = [(i, v * clip[k]) for k, (i, v) in enumerate(parts)]
+        if rule in ("mean", "selected_mean"):
+            if reuse_buffer:
+                if buffer is None or buffer.numel() < numel or buffer.dtype != dtype:
+                    buffer = torch.empty(max(math.prod(s) for s in shapes.values()), dtype=dtype)
+                out = buffer[:numel]
+            else:
+                out = torch.empty(numel, dtype=dtype)
+            combined = _sparse_mean(parts, numel, rule == "selected_mean", out)
+        else:
+            stack = torch.zeros(len(parts), numel, dtype=dtype)
+            for k, (idx, values) in enumerate(parts):
+                stack[k].index_copy_(0, idx, values)
+            combined = _combine(stack, rule, trim_fraction, tau)
+            del stack
+        yield name, combined.view(shape)

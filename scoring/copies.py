@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -101,6 +101,9 @@ _LOOKUP_BATCH = 1 << 22
 
 #: Peers hashed per batch (~2M entries at 1,000 chunks x 64 each): few large ops, bounded memory.
 _SKETCH_BATCH = 32
+#: ...and at most this many entries per batch (~200 MB of temporaries), so 1B-parameter uploads
+#: (16M entries each) are hashed one at a time.
+_SKETCH_ENTRIES = 1 << 24
 
 _PRIME = (1 << 31) - 1  # Mersenne prime; a*x stays below 2**62, so int64 never overflows
 
@@ -113,20 +116,55 @@ class PeerSketch:
     offset so they are unique across the model; row ``c`` is chunk ``c`` for every peer.
     ``values``: float32 of the same shape (the decoded kept values). ``uploaded_at`` is the
     store's timestamp.
+
+    A validator holding many peers (and ``copy_history_windows`` windows of them) keeps each
+    upload compressed instead: :meth:`lazy` takes a ``load`` that decodes the rows when they
+    are needed (hashing, and an exact check of a likely copy) and ``shape``, and nothing
+    decoded is kept, so memory grows by the compressed size per upload, not 12 bytes per entry.
     """
 
     hotkey: str
     window: int
     uploaded_at: float
-    indices: Tensor
-    values: Tensor
+    indices: Tensor | None = None
+    values: Tensor | None = None
+    load: Callable[[], tuple[Tensor, Tensor]] | None = None
+    rows_shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.indices is None or self.values is None:
+            if self.load is None or len(self.rows_shape) != 2:
+                raise ValueError(f"{self.hotkey}: a sketch needs its rows, or load and a [n_chunks, k] shape")
+            return
         if self.indices.dim() != 2 or self.indices.shape != self.values.shape:
             raise ValueError(
                 f"{self.hotkey}: indices {tuple(self.indices.shape)} and values "
                 f"{tuple(self.values.shape)} must be equal 2-D shapes [n_chunks, k]"
             )
+        object.__setattr__(self, "rows_shape", tuple(self.indices.shape))
+
+    @classmethod
+    def lazy(cls, hotkey: str, window: int, uploaded_at: float, load: Callable[[], tuple[Tensor, Tensor]],
+             shape: tuple[int, int]) -> PeerSketch:
+        return cls(hotkey, window, uploaded_at, load=load, rows_shape=tuple(shape))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.rows_shape
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.rows_shape)
+
+    def rows(self) -> tuple[Tensor, Tensor]:
+        """``(indices, values)``, decoded now if this sketch is lazy."""
+        if self.indices is not None and self.values is not None:
+            return self.indices, self.values
+        assert self.load is not None
+        idx, val = self.load()
+        if tuple(idx.shape) != self.rows_shape or idx.shape != val.shape:
+            raise ValueError(f"{self.hotkey}: loaded rows {tuple(idx.shape)} do not have the sketch's shape")
+        return idx, val
 
     @classmethod
     def from_tensors(
@@ -243,15 +281,15 @@ def index_overlap(a_idx: Tensor, b_idx: Tensor) -> float:
 
 def value_cosine(a: PeerSketch, b: PeerSketch) -> float:
     """Cosine similarity of the two sparse vectors; dense-free (matches on shared indices)."""
-    _, cosine = _merge(_prepare(a.indices, a.values), _prepare(b.indices, b.values))
+    _, cosine = _merge(_prepare(*a.rows()), _prepare(*b.rows()))
     return cosine
 
 
 def pair_similarity(a: PeerSketch, b: PeerSketch) -> tuple[float, float]:
     """Exact ``(index_overlap, value_cosine)`` in one pass; ``(0, 0)`` if the shapes differ."""
-    if a.indices.shape != b.indices.shape:
+    if a.shape != b.shape:
         return 0.0, 0.0
-    return _merge(_prepare(a.indices, a.values), _prepare(b.indices, b.values))
+    return _merge(_prepare(*a.rows()), _prepare(*b.rows()))
 
 
 def _hash_params(seed: int) -> tuple[int, int, int, int]:
@@ -272,15 +310,16 @@ def count_sketches(
     a1, b1, a2, b2 = _hash_params(seed)
     supports: list[Tensor] = [torch.zeros((0, dim))]
     values: list[Tensor] = [torch.zeros((0, dim))]
-    for start in range(0, len(peers), _SKETCH_BATCH):
-        group = peers[start : start + _SKETCH_BATCH]
+    for group in _batches(peers):
         g = len(group)
-        sizes = torch.tensor([p.indices.numel() for p in group], dtype=torch.int64)
+        rows = [p.rows() for p in group]  # a lazy sketch is decoded here, one batch at a time
+        sizes = torch.tensor([idx.numel() for idx, _ in rows], dtype=torch.int64)
         owner = torch.repeat_interleave(torch.arange(g), sizes)
-        x = torch.remainder(torch.cat([p.indices.reshape(-1).to(torch.int64) for p in group]), _PRIME)
+        x = torch.remainder(torch.cat([idx.reshape(-1).to(torch.int64) for idx, _ in rows]), _PRIME)
         slot = owner * dim + torch.remainder(torch.remainder(x * a1 + b1, _PRIME), dim)
         sign = (torch.remainder(x * a2 + b2, _PRIME) & 1).to(torch.float32) * 2 - 1
-        vals = torch.cat([p.values.reshape(-1).to(torch.float32) for p in group])
+        vals = torch.cat([val.reshape(-1).to(torch.float32) for _, val in rows])
+        del rows
         vals = torch.nan_to_num(vals, nan=0.0, posinf=0.0, neginf=0.0)
         support = torch.zeros(g * dim).index_add_(0, slot, sign).view(g, dim)
         value = torch.zeros(g * dim).index_add_(0, slot, sign * vals).view(g, dim)
@@ -288,6 +327,22 @@ def count_sketches(
         supports.append(support / sizes.to(torch.float32).sqrt().clamp(min=1.0).unsqueeze(1))
         values.append(value / torch.where(vnorm > 0, vnorm, 1.0).to(torch.float32).unsqueeze(1))
     return torch.cat(supports), torch.cat(values)
+
+
+def _batches(peers: Sequence[PeerSketch]) -> list[list[PeerSketch]]:
+    """Consecutive groups of at most ``_SKETCH_BATCH`` peers and ``_SKETCH_ENTRIES`` entries (one peer at least)."""
+    out: list[list[PeerSketch]] = []
+    group: list[PeerSketch] = []
+    entries = 0
+    for p in peers:
+        if group and (len(group) == _SKETCH_BATCH or entries + p.numel > _SKETCH_ENTRIES):
+            out.append(group)
+            group, entries = [], 0
+        group.append(p)
+        entries += p.numel
+    if group:
+        out.append(group)
+    return out
 
 
 def count_sketch(peer: PeerSketch, dim: int = DEFAULT_SKETCH_DIM, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -310,13 +365,13 @@ class _Confirmer:
     def _sorted(self, p: PeerSketch) -> _Sorted:
         key = id(p)
         if key not in self._cache:
-            self._cache[key] = _prepare(p.indices, p.values)
+            self._cache[key] = _prepare(*p.rows())
         return self._cache[key]
 
     def first(self, peer: PeerSketch, candidates: list[PeerSketch]) -> tuple[PeerSketch, float, float] | None:
         """The earliest candidate exactly over either threshold: the original, not a copy of it."""
         for other in sorted(candidates, key=_order_key):
-            if other.indices.shape != peer.indices.shape:
+            if other.shape != peer.shape:
                 continue
             overlap, cosine = _merge(self._sorted(peer), self._sorted(other))
             if overlap >= self._thresholds[0] or cosine >= self._thresholds[1]:
@@ -340,13 +395,14 @@ class _Confirmer:
         chunks it wins over ``n``, so the shares add up to the coverage. Listed: shares of at
         least ``_MIN_SOURCE_SHARE``, largest first, and always the largest.
         """
-        n = peer.indices.shape[0]
+        n = peer.shape[0]
+        mine = peer.rows()[0]
         if n > _COVERAGE_SAMPLE:
             rows = torch.randperm(n, generator=gen)[:_COVERAGE_SAMPLE]
-            sampled = [torch.sort(s.indices[rows], dim=1).values for s in sources]
-            if float(_best_source(peer.indices[rows], sampled)[0].mean()) < threshold - margin:
+            sampled = [torch.sort(s.rows()[0][rows], dim=1).values for s in sources]
+            if float(_best_source(mine[rows], sampled)[0].mean()) < threshold - margin:
                 return None
-        best, owner = _best_source(peer.indices, [self._sorted(s).idx for s in sources])
+        best, owner = _best_source(mine, [self._sorted(s).idx for s in sources])
         coverage = float(best.mean())
         if coverage < threshold:
             return None
@@ -381,7 +437,7 @@ def _coverage_candidates(
     for j, e in zip(above.tolist(), est[above].tolist(), strict=True):
         other = ordered[j] if j < n else history[j - n]
         earlier = j < i if j < n else (other.window < peer.window and other.hotkey != peer.hotkey)
-        if earlier and other.indices.shape == peer.indices.shape:
+        if earlier and other.shape == peer.shape:
             picked.append((e, other))
     picked = sorted(picked, key=lambda e: -e[0])[:max_sources]
     return sorted((o for _, o in picked), key=_order_key), sum(e for e, _ in picked)
@@ -441,7 +497,7 @@ def detect_copies(
                 kind, other.hotkey, other.window, overlap, cosine, single, overlap
             )
             continue
-        if peer.indices.numel() == 0:
+        if peer.numel == 0:
             continue
         sources, est_sum = _coverage_candidates(
             est_overlap[i], i, ordered, history, source_floor, max_sources

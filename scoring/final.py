@@ -20,6 +20,9 @@ transient: sigma shrinks with every window and consistently useful peers climb a
 * more than 3 (``inactivity_reset_windows``) consecutive windows without an evaluated
   upload, of any of those kinds or invalid → full reset;
 * invalid upload (bad signature, malformed, not finite, norm out of bounds, …) → score 0;
+* unevaluated (a valid upload the validator had no time for, ``validator.stage2``) → nothing
+  changes: the validator's budget is not the miner's fault, and it is not a free pass either
+  (no decay is avoided that an evaluation would not also have reset);
 * copy or replay → full reset, score 0, banned for 200 windows (``copy_ban_windows``):
   windows ``W .. W + 200`` score 0 whatever is uploaded.
   Only a delta the hotkey signed for ``W`` can earn this: an upload signed by another
@@ -78,6 +81,7 @@ class Outcome(StrEnum):
     INACTIVE = "inactive"
     INVALID = "invalid"
     COPY = "copy"
+    UNEVALUATED = "unevaluated"  # passed Stage 1, left out by the validator's time budget
 
 
 _DECAYING = frozenset({Outcome.MISSING, Outcome.LATE, Outcome.OUT_OF_SYNC, Outcome.INACTIVE})
@@ -137,6 +141,10 @@ class WindowOutcome:
     def copy(cls, window: int, kind: str = "copy") -> WindowOutcome:
         return cls(Outcome.COPY, window, reason=kind)
 
+    @classmethod
+    def unevaluated(cls, window: int) -> WindowOutcome:
+        return cls(Outcome.UNEVALUATED, window)
+
 
 def is_banned(state: PeerState, window: int) -> bool:
     """True while ``window <= banned_until_window``."""
@@ -179,6 +187,8 @@ def apply_penalties(state: PeerState, outcome: WindowOutcome, params: ScoringPar
         return replace(full_reset(state), inactive_windows=0, banned_until_window=until)
     if is_banned(state, outcome.window):
         return replace(state, score=0.0)
+    if outcome.kind is Outcome.UNEVALUATED:
+        return state
     if outcome.kind is Outcome.EVALUATED:
         return _evaluated(state, outcome)
     if outcome.kind in _DECAYING or outcome.kind is Outcome.INVALID:

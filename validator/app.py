@@ -1,6 +1,7 @@
 """Startup wiring: turn settings and hyper-parameters into a running validator or worker.
 
-The startup sequence (like the FastAPI template's prestart): migrate the database, store
+The startup sequence (like the FastAPI template's prestart): migrate the database (or, with
+``migrate_on_start`` off, check that a separate ``gauntlet validator migrate`` did), store
 the resolved configuration as a ``run_config`` row, load the hotkey, commit this
 validator's role and storage URL on chain (``validator:<url>``: every node reads its
 proposals and history there, and no validator scores it as a miner),
@@ -25,7 +26,8 @@ from protocol.settings import Settings
 from protocol.storage_open import open_storage
 from validator import metrics
 from validator.db import repo
-from validator.db.session import make_engine, migrate, session_factory
+from validator.db.session import make_engine, migrate, require_head, session_factory
+from validator.evaluate import Compute
 from validator.stage1 import SketchHistory
 from validator.stage2 import Stage2Runner
 from validator.window import ValidatorContext
@@ -75,6 +77,14 @@ def leader_check(lease: Any, owner: str) -> Any:
     return is_leader
 
 
+def compute_of(settings: Settings) -> Compute:
+    """Stage 2's device and dtype; a CUDA device on a machine without one stops here, before any work."""
+    try:
+        return Compute(device=settings.device, dtype=settings.dtype)
+    except ValueError as exc:
+        raise SystemExit(f"gauntlet validator: {exc}") from None
+
+
 def build_context(settings: Settings, hp: HParams | None = None, *, options: RunOptions | None = None,
                   chain: Chain | None = None, keypair: Any = None, pages: Any = None) -> ValidatorContext:
     """The validator's long-lived context; ``chain``/``keypair``/``pages`` may be injected (tests)."""
@@ -87,7 +97,10 @@ def build_context(settings: Settings, hp: HParams | None = None, *, options: Run
     hp = hp or load_hparams(settings.hparams)
     chain = chain or open_chain(settings.chain_url)
     keypair = keypair or load_hotkey(settings.wallet_path, settings.wallet_name, settings.wallet_hotkey)
-    migrate(settings.db_url)
+    if settings.migrate_on_start:
+        migrate(settings.db_url)
+    else:  # a one-shot `gauntlet validator migrate` owns the schema (no two processes run Alembic at once)
+        require_head(settings.db_url)
     sessions = session_factory(make_engine(settings.db_url))
     with sessions() as s:
         repo.record_run_config(s, config={"settings": settings.model_dump(mode="json"), "hparams": hp.model_dump(
@@ -115,7 +128,7 @@ def build_context(settings: Settings, hp: HParams | None = None, *, options: Run
         hp=hp, chain=chain, netuid=settings.netuid, keypair=keypair, own_storage=own_storage, follower=follower,
         sessions=sessions, codec_cfg=CodecConfig.from_params(hp.codec),
         stage2=Stage2Runner(pages, dispatcher=dispatcher, remote_timeout_s=options.remote_timeout_s,
-                            num_pages=pages.num_pages),
+                            num_pages=pages.num_pages, compute=compute_of(settings)),
         allow_local_storage=options.allow_local_storage, per_peer_timeout_s=options.per_peer_timeout_s,
         is_leader=leader_check(lease, f"{keypair.ss58_address}:{os.getpid()}"),
         history=SketchHistory(hp.scoring.copy_history_windows),
@@ -144,7 +157,8 @@ def build_worker(settings: Settings, *, validator_hotkey: str, allow_local_stora
     if queue is None:
         raise SystemExit("gauntlet validator worker needs redis_url (GAUNTLET_REDIS_URL)")
     allow = allow_local_storage or settings.allow_private_miner_storage
-    cfg = WorkerConfig(consumer=consumer, validator_hotkey=validator_hotkey, allow_local_storage=allow)
+    cfg = WorkerConfig(consumer=consumer, validator_hotkey=validator_hotkey, allow_local_storage=allow,
+                       compute=compute_of(settings))
     return Worker(cfg, hp=hp, queue=queue, publish_storage=open_storage(settings.storage_url),
                   pages=pages if pages is not None else default_store(settings.home, hp.data), codec_cfg=CodecConfig.from_params(hp.codec))
 

@@ -9,6 +9,7 @@ inside the commands so ``gauntlet --help`` stays instant.
     gauntlet validator run --wallet-name validator --hotkey default --windows 3 --allow-local-storage
     gauntlet validator run --chain ws://127.0.0.1:9944 --netuid 2 --storage s3://bucket/validator
     gauntlet validator worker --validator-hotkey 5F... --allow-local-storage
+    gauntlet validator migrate            # schema to head, then exit (validator run also does it)
 """
 
 from __future__ import annotations
@@ -77,12 +78,14 @@ def run_cmd(
         False, "--allow-local-storage", help="Follow miners' file://, http and private-address stores (dev/local "
         "network only; same as GAUNTLET_ALLOW_PRIVATE_MINER_STORAGE=1)."),
     poll_s: float = typer.Option(2.0, "--poll-s", help="Seconds between chain polls when idle."),
+    device: str | None = typer.Option(None, "--device", help="Stage-2 device: cpu, cuda or cuda:N (default cpu)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="Stage-2 precision: fp32 or bf16 autocast (default fp32)."),
 ) -> None:
     """Score every window as it closes, publish aggregates and checkpoints, set weights."""
     from validator import app, service
 
     settings = _settings(config, wallet_name=wallet_name, wallet_hotkey=hotkey, wallet_path=wallet_path,
-                         chain=chain, storage=storage, netuid=netuid)
+                         chain=chain, storage=storage, netuid=netuid, device=device, dtype=dtype)
     local = _allow_private(settings, allow_local_storage)
     ctx = app.build_context(settings, options=app.RunOptions(allow_local_storage=local))
     app.serve_metrics(settings)
@@ -109,6 +112,8 @@ def worker_cmd(
     max_jobs: int | None = typer.Option(None, "--max-jobs", help="Exit after this many jobs."),
     idle_exit_s: float | None = typer.Option(None, "--idle-exit-s", help="Exit after this long without jobs."),
     threads: int | None = typer.Option(None, "--threads", help="torch intra-op threads for this worker."),
+    device: str | None = typer.Option(None, "--device", help="Stage-2 device: cpu, cuda or cuda:N (default cpu)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="Stage-2 precision: fp32 or bf16 autocast (default fp32)."),
 ) -> None:
     """Evaluate Stage-2 jobs from the Redis work queue (run several, on any machine)."""
     from validator import app
@@ -116,7 +121,7 @@ def worker_cmd(
 
     # No --chain/--netuid: a worker never talks to the chain; jobs arrive on Redis.
     settings = _settings(config, wallet_name=wallet_name, wallet_hotkey=hotkey, wallet_path=wallet_path,
-                         storage=storage)
+                         storage=storage, device=device, dtype=dtype)
     if threads:
         import torch
 
@@ -128,5 +133,24 @@ def worker_cmd(
     local = _allow_private(settings, allow_local_storage)
     worker = app.build_worker(settings, validator_hotkey=validator_hotkey, allow_local_storage=local,
                               consumer=default_consumer())
+    app.serve_metrics(settings)  # gauntlet_worker_* on GAUNTLET_METRICS_PORT, scraped like the validator
     done = worker.run(max_jobs=max_jobs, idle_exit_s=idle_exit_s)
     typer.echo(f"worker done: {done} job(s)")
+
+
+@validator_app.command("migrate")
+def migrate_cmd(
+    config: Path | None = typer.Option(None, "--config", help="TOML settings file."),
+    database_url: str | None = typer.Option(None, "--database-url", help="SQLAlchemy URL (overrides settings)."),
+) -> None:
+    """Bring the validator database's schema to the newest revision, then exit.
+
+    ``validator run`` does this itself on start; a deployment where several containers share one
+    database runs this once first (Compose's ``migrate`` service) and starts the validator with
+    ``GAUNTLET_MIGRATE_ON_START=false``, so no two processes run Alembic on a fresh database at once.
+    """
+    from validator.db.session import current_revision, migrate
+
+    settings = _settings(config, database_url=database_url)
+    migrate(settings.db_url)
+    typer.echo(f"database at revision {current_revision(settings.db_url)}")

@@ -22,7 +22,7 @@ Per registered peer, exactly one of:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +69,7 @@ class PeerPrev:
 class PeerOutcome:
     hotkey: str
     uid: int | None
-    status: str  # accepted | rejected | missing
+    status: str  # accepted | rejected | missing | unevaluated
     mu: float
     sigma: float
     bma: float
@@ -140,9 +140,12 @@ def _measure(stage1: Stage1Result, results: Mapping[str, EvalResult]
 
 def combine_window(
     window: int, *, prev: Mapping[str, PeerPrev], stage1: Stage1Result, results: Mapping[str, EvalResult],
-    hp: HParams,
+    hp: HParams, unevaluated: Collection[str] = (),
 ) -> WindowOutcome:
-    """New state of every peer in ``prev`` (all registered miners) after ``window``."""
+    """New state of every peer in ``prev`` (all registered miners) after ``window``.
+
+    ``unevaluated``: accepted peers Stage 2 had no time for; their state is left as it was.
+    """
     from scoring import final as fin
     from scoring import loss, ratings
 
@@ -168,6 +171,9 @@ def combine_window(
             verdict = fin.WindowOutcome.evaluated(window, new_ratings[hk], loss.update_bma(p.bma, ind, sp.indicator_alpha),
                                                   sync)
             status = "accepted"
+        elif hk in unevaluated and hk in stage1.accepted and hk not in results:
+            verdict = fin.WindowOutcome.unevaluated(window)
+            status = "unevaluated"
         else:
             reason = rej.reason if rej is not None else (Rejection.NOT_FINITE.value if hk in broken else EVAL_FAILED)
             verdict = _window_outcome(window, reason)

@@ -25,11 +25,12 @@ It is stored next to the exact change so the two can be compared per receipt.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
@@ -46,14 +47,55 @@ class PageSource(Protocol):
         ...
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True, slots=True)
+class Compute:
+    """Where and in what precision Stage 2 runs (``--device``, ``--dtype``).
+
+    The weights stay fp32 on ``device`` whatever the dtype: the evaluation step is applied to
+    and undone from fp32 values exactly. ``bf16`` autocasts the forward passes (matmuls in
+    bf16, norms and the cross-entropy in fp32), about 4x the fp32 throughput on an H100-class
+    GPU; on the CPU it only serves to compare the two paths.
+    """
+
+    device: str = "cpu"
+    dtype: Literal["fp32", "bf16"] = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        dev = torch.device(self.device)  # raises on a malformed name
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} requested but no CUDA device is available")
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.torch_device.type, dtype=DTYPES[self.dtype])
+
+
 @dataclass(frozen=True, slots=True)
 class EvalJob:
     """One peer's Stage-2 work: its delta, the step to apply and the pages to score."""
 
     hotkey: str
-    update: SparseUpdate
+    #: The delta, or a zero-argument callable that decodes it (``validator.stage1.Decoded.load_update``):
+    #: a window's jobs are planned at once, and holding every decoded delta would cost 12 bytes per
+    #: kept value per peer; lazily, one is decoded at a time, while it is evaluated.
+    update: SparseUpdate | Callable[[], SparseUpdate]
     step: float  # eta * size factor (scoring.scale): theta_after = theta - step * delta
     assigned_page_ids: tuple[int, ...]
+
+    def sparse(self) -> SparseUpdate:
+        return self.update() if callable(self.update) else self.update
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +110,12 @@ class EvalResult:
     #: (before, after) per assigned page, in ``EvalJob.assigned_page_ids`` order: the per-page
     #: proof-of-work evidence (``scoring.loss.page_indicator``).
     page_losses: tuple[tuple[float, float], ...] = ()
+    #: Where the numbers were computed (published in the receipt): device class and parameter dtype
+    #: set the tolerance an auditor recomputing them on other hardware needs; ``evaluator`` says
+    #: whether a worker did it (its "before" batches hold other pages than the validator's).
+    device: str = "cpu"
+    dtype: str = "float32"
+    evaluator: str = "validator"
 
     def as_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -95,6 +143,7 @@ def apply_in_place(model: Model, update: SparseUpdate, step: float) -> list[tupl
     saved = []
     for name, (idx, values) in update.items():
         flat = params[name].data.view(-1)
+        idx, values = idx.to(flat.device), values.to(flat.device)
         original = flat[idx].clone()
         flat.index_copy_(0, idx, original - step * values)
         saved.append((flat, idx, original))
@@ -111,8 +160,10 @@ def restore(saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Non
 class WindowEvaluator:
     """Evaluates any number of peers against one theta_W and one random page set."""
 
-    def __init__(self, model: Model, pages: PageSource, random_page_ids: Sequence[int]) -> None:
+    def __init__(self, model: Model, pages: PageSource, random_page_ids: Sequence[int],
+                 compute: Compute | None = None) -> None:
         self.model = model.eval()
+        self.compute = compute or Compute(device=str(next(model.parameters()).device))
         self.pages = pages
         self.random_page_ids = tuple(random_page_ids)
         self._random_tokens = pages.pages(self.random_page_ids)
@@ -124,20 +175,24 @@ class WindowEvaluator:
     def _page_losses_before(self, page_ids: Sequence[int]) -> float:
         missing = [p for p in dict.fromkeys(page_ids) if p not in self._before]
         if missing:
-            with torch.inference_mode():
-                losses = self.model.per_sequence_loss(self.pages.pages(missing))
+            losses = self._losses(self.pages.pages(missing))
             for p, chunk in zip(missing, losses.chunk(len(missing)), strict=True):
                 self._before[p] = chunk.clone()
         return float(torch.cat([self._before[p] for p in page_ids]).double().mean())
+
+    def _losses(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-sequence losses on the compute device, returned on the CPU."""
+        with torch.inference_mode(), self.compute.autocast():
+            return self.model.per_sequence_loss(tokens.to(self.compute.torch_device)).cpu()
 
     # -- first-order screen
     def gradient(self) -> dict[str, torch.Tensor]:
         """dL_random/dtheta at theta_W, flattened per parameter (one backward, computed once)."""
         if self._grad is None:
             self.model.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                self.model.loss(self._random_tokens).backward()
-            self._grad = {n: p.grad.detach().reshape(-1).clone() for n, p in self.model.named_parameters()
+            with torch.enable_grad(), self.compute.autocast():
+                self.model.loss(self._random_tokens.to(self.compute.torch_device)).backward()
+            self._grad = {n: p.grad.detach().reshape(-1).cpu() for n, p in self.model.named_parameters()
                           if p.grad is not None}
             self.model.zero_grad(set_to_none=True)
         return self._grad
@@ -155,14 +210,14 @@ class WindowEvaluator:
     # -- exact before/after
     def evaluate(self, job: EvalJob) -> EvalResult:
         t0 = time.perf_counter()
+        update = job.sparse()
         before_assigned = self._page_losses_before(job.assigned_page_ids)
-        estimate = self.estimate(job.update, job.step)
+        estimate = self.estimate(update, job.step)
         assigned = self.pages.pages(job.assigned_page_ids)
         batch = torch.cat([assigned, self._random_tokens])
-        saved = apply_in_place(self.model, job.update, job.step)
+        saved = apply_in_place(self.model, update, job.step)
         try:
-            with torch.inference_mode():
-                losses = self.model.per_sequence_loss(batch).double()
+            losses = self._losses(batch).double()
         finally:
             restore(saved)
         n = assigned.shape[0]
@@ -178,4 +233,6 @@ class WindowEvaluator:
             estimate=estimate,
             seconds=time.perf_counter() - t0,
             page_losses=page_losses,
+            device=self.compute.torch_device.type,
+            dtype=str(DTYPES[self.compute.dtype]).removeprefix("torch."),  # float32 or bfloat16 (autocast)
         )

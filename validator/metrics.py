@@ -2,8 +2,9 @@
 
 One private registry (not the process-global default) so tests and several validators in
 one process never collide on metric names. ``serve(port)`` exposes it over HTTP on
-``settings.metrics_port`` (scraped by deploy/prometheus/prometheus.yml); with no port set
-the metrics are still counted, just not served.
+``settings.metrics_port`` (scraped by deploy/prometheus/prometheus.yml), by the validator and by
+each Stage-2 worker (its ``gauntlet_worker_*`` series); with no port set the metrics are still
+counted, just not served.
 """
 
 from __future__ import annotations
@@ -38,7 +39,19 @@ STAGE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 LAST_SCORED_WINDOW = Gauge("gauntlet_last_scored_window", "Highest window scored.", registry=REGISTRY)
+PEERS_UNEVALUATED = Gauge("gauntlet_peers_unevaluated",
+                          "Accepted peers the last window's Stage-2 time budget left unevaluated.", registry=REGISTRY)
 DEGRADED = Gauge("gauntlet_queue_degraded", "1 while Redis is unreachable and Stage 2 runs in-process.", registry=REGISTRY)
+
+# Stage-2 workers (`gauntlet validator worker`) serve the same registry on their own metrics port.
+WORKER_JOBS = Counter("gauntlet_worker_jobs", "Stage-2 jobs this worker finished, by outcome (ok, failed).",
+                      ["outcome"], registry=REGISTRY)
+WORKER_JOB_SECONDS = Histogram(
+    "gauntlet_worker_job_seconds",
+    "Wall time of one Stage-2 job on this worker (model sync, fetch, evaluation).",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    registry=REGISTRY,
+)
 
 FOLLOW_IN_SYNC = Gauge("gauntlet_follow_in_sync", "1 while this validator follows the subnet's shared model.",
                        registry=REGISTRY)
@@ -58,6 +71,11 @@ def observe_follow(status: FollowStatus) -> None:
     FOLLOW_PUBLISHER.labels(hotkey=status.publisher or "", model_hash=(status.model_hash or "")[:16]).set(1)
     FOLLOW_FAILOVERS.set(status.failovers)
     FOLLOW_NULL_WINDOWS.set(status.null_windows)
+
+
+def observe_worker_job(ok: bool, seconds: float) -> None:
+    WORKER_JOBS.labels(outcome="ok" if ok else "failed").inc()
+    WORKER_JOB_SECONDS.observe(seconds)
 
 
 @contextmanager

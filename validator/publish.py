@@ -1,8 +1,9 @@
 """This validator's proposed outer step for a window (``protocol.follow`` decides whose is applied).
 
 P_W = outer lr x robust_aggregate(the top ``outer.max_peers`` evaluated peers that improved
-the random loss, sized by the subnet's rule as Stage 2 scored them, ``scoring.scale``), signed at ``proposal_key(W)`` with the base and result
-model hashes (possibly empty: then the result is theta_W). Every validator proposes; the
+the random loss, sized by the subnet's rule as Stage 2 scored them, ``scoring.scale``), rounded
+to bf16 (``protocol.compact``), signed at ``proposal_key(W)`` with the base and result model
+hashes (possibly empty: then the result is theta_W). Every validator proposes; the
 follower rule picks the publisher's proposal, or the next validator's at failover, so a
 follower's proposal is what keeps the subnet going the window its publisher dies.
 
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from protocol.compact import CompactTensor, CompactUpdate, round_dense
 from protocol.global_model import GlobalModel
 from protocol.hparams import HParams
 from protocol.model import model_hash
@@ -29,12 +32,12 @@ from protocol.sync import (
     AggregateMeta,
     SparseUpdate,
     apply_update,
-    dense_to_update,
     pack_aggregate,
     parse_aggregate,
+    revert_update,
 )
 from validator.combine import WindowOutcome
-from validator.stage1 import Stage1Result
+from validator.stage1 import Decoded, Stage1Result
 
 log = logging.getLogger(__name__)
 
@@ -50,32 +53,80 @@ class Published:
 
 
 def robust_aggregate(updates: Sequence[SparseUpdate], norms: Sequence[float], shapes: Mapping[str, tuple[int, ...]],
-                     hp: HParams, median_norm: float | None) -> dict[str, torch.Tensor]:
-    """Dense aggregate of sparse deltas under the subnet's size rule (``scoring.scale``), then the configured rule.
+                     hp: HParams, median_norm: float | None, *,
+                     reuse_buffer: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """The aggregate of sparse deltas under the subnet's size rule (``scoring.scale``), then the configured rule.
 
+    Yields ``(name, dense tensor)`` one tensor at a time (``scoring.aggregate.aggregate_sparse``):
+    no peer's delta is ever densified, and ``selected_mean``/``mean`` need only one
+    tensor-sized buffer, so memory is the peers' sparse deltas plus one tensor.
     ``norms`` are the deltas' norms as Stage 1 measured them. ``normalise``: each delta scaled to
     ``median_norm`` as Stage 2 scored it; ``cap``: each tensor clipped to the median of that
-    tensor's norms (the reference's rule).
+    tensor's norms (the reference's rule). ``reuse_buffer``: see ``aggregate_sparse``.
     """
-    from scoring.aggregate import aggregate
+    from scoring.aggregate import aggregate_sparse
     from scoring.scale import normalising_factor
 
+    if not updates:
+        return iter(())
     normalise = hp.scoring.eval_norm == "normalise"
-    dense = []
-    for update, norm in zip(updates, norms, strict=True):
-        factor = normalising_factor(norm, median_norm) if normalise else 1.0
-        d = {}
-        for name, shape in shapes.items():
-            t = torch.zeros(int(torch.Size(shape).numel()), dtype=torch.float32)
-            if name in update:
-                idx, val = update[name]
-                t.index_copy_(0, idx, val * factor)
-            d[name] = t.view(shape)
-        dense.append(d)
-    if not dense:
-        return {}
-    return aggregate(dense, rule=hp.outer.rule, trim_fraction=hp.outer.trim_fraction,
-                     clip_to_median=hp.scoring.eval_norm == "cap")
+    scales = [normalising_factor(norm, median_norm) if normalise else 1.0 for norm in norms]
+    if len(scales) != len(updates):
+        raise ValueError("one norm per update")
+    return aggregate_sparse(updates, shapes, rule=hp.outer.rule, trim_fraction=hp.outer.trim_fraction,
+                            clip_to_median=hp.scoring.eval_norm == "cap", scales=scales, reuse_buffer=reuse_buffer)
+
+
+def outer_step(updates: Sequence[SparseUpdate], norms: Sequence[float], shapes: Mapping[str, tuple[int, ...]],
+               hp: HParams, median_norm: float | None) -> CompactUpdate:
+    """U_W in canonical form: outer lr x :func:`robust_aggregate`, rounded to bf16, zeros dropped.
+
+    The rounding comes before anything is applied or hashed, so the result hash is that of
+    exactly the values every node decodes from the published bytes. Each tensor is encoded
+    as it is computed (``protocol.compact``, about 2.5 bytes per touched coordinate), so the
+    step never exists as int64 positions + fp32 values for the whole model (12 bytes).
+    """
+    step: dict[str, CompactTensor] = {}
+    for name, combined in robust_aggregate(updates, norms, shapes, hp, median_norm, reuse_buffer=True):
+        idx, values = round_dense(combined.mul_(hp.outer.lr))  # fp32 x lr, then one bf16 rounding
+        if idx.numel():
+            step[name] = CompactTensor.encode(idx, values, combined.numel())
+        del combined, idx, values
+    return CompactUpdate(step)
+
+
+class _TensorwiseDelta(Mapping[str, tuple[torch.Tensor, torch.Tensor]]):
+    """A peer's delta decoded one tensor at a time from its compressed upload, as the aggregation asks.
+
+    The aggregation visits tensor by tensor, so the validator holds each peer's upload in its
+    compressed form (about 10 bits per kept value) plus one decoded tensor, never a whole
+    decoded delta per peer (12 bytes per kept value: ~4 GB for 20 peers at 1B shapes).
+    """
+
+    def __init__(self, decoded: Decoded) -> None:
+        self._decoded = decoded
+        self._encoded = decoded.encoded if decoded.update is None else None
+        self._names = set(self._encoded if self._encoded is not None else decoded.load_update())
+
+    def __getitem__(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._encoded is None:
+            return self._decoded.load_update()[name]
+        from protocol.codec import decode_sparse
+
+        assert self._decoded.cfg is not None and self._decoded.shapes is not None
+        sparse = decode_sparse(self._encoded[name], self._decoded.cfg)
+        idx, values = sparse.indices.reshape(-1).to(torch.int64), sparse.values.reshape(-1).to(torch.float32)
+        real = idx < math.prod(self._decoded.shapes[name])  # chunk padding carries no parameter
+        return idx[real].contiguous(), values[real].contiguous()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._names))
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def _existing(storage: Storage, hotkey: str, window: int, model: GlobalModel) -> Published | None:
@@ -100,13 +151,17 @@ def publish_proposal(storage: Storage, keypair: Any, window: int, model: GlobalM
         return published
     peers = outcome.ranked_for_aggregate(hp.outer.max_peers)
     chosen = [s1.accepted[hk].decoded for hk in peers]
-    agg = robust_aggregate([d.update for d in chosen], [d.norm for d in chosen], model.shapes, hp, s1.median_norm)
-    update = dense_to_update(agg, lr=hp.outer.lr)
-    nxt = model.copy()
-    apply_update(nxt.state, update)
-    result = model_hash(nxt.state)
+    update = outer_step([_TensorwiseDelta(d) for d in chosen], [d.norm for d in chosen], model.shapes, hp,
+                        s1.median_norm)
+    # Hash theta_W - U_W without a model copy: apply in place, hash, restore the touched coordinates exactly.
+    undo: dict[str, torch.Tensor] = {}
+    apply_update(model.state, update, undo=undo)
+    try:
+        result = model_hash(model.state)
+    finally:
+        revert_update(model.state, update, undo)
     meta = AggregateMeta(window=window, base_model_hash=model.hash, result_model_hash=result,
                          validator=hotkey, spec_version=hp.spec_version, peers=peers)
-    data = pack_aggregate(update, meta, keypair)
+    data = pack_aggregate(update, meta, keypair, shapes=model.shapes)
     storage.put(proposal_key(window), data)
     return Published(hashlib.blake2b(data, digest_size=32).hexdigest(), peers, result)

@@ -66,7 +66,7 @@ def register_all(chain: Any, netuid: int, validator: Any, miners: list[Miner], *
 
 def training_delta(model: GlobalModel, tokens: torch.Tensor, lr: float = 10.0) -> dict[str, torch.Tensor]:
     """theta_W - theta_after for one SGD step on ``tokens`` (a real pseudo-gradient)."""
-    from validator.stage2 import model_from_state
+    from protocol.model import model_from_state
 
     module = model_from_state(model.config, model.state)
     loss = module.loss(tokens)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from protocol.codec import CodecConfig, EncodedTensor
 from protocol.hparams import HParams
 from protocol.sync import SparseUpdate
 from scoring.copies import CopyFinding, PeerSketch, detect_copies
@@ -45,17 +46,57 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Decoded:
-    """A peer's delta in the two forms the validator needs.
+    """A peer's delta as the validator holds it: compressed, decoded only when it is used.
 
-    ``update``: name -> (flat int64 indices into the real tensor, float32 values), padding
-    dropped, ready for the evaluation step and the aggregate. ``sketch_idx/val``: the
-    codec's ``[n_chunks, k]`` layout with per-tensor offsets, for copy detection.
+    The validator keeps every accepted upload of the window (and copy detection keeps a
+    history of earlier windows), so what it holds per peer decides its memory. ``encoded`` is
+    the parsed, validated codec form, about the upload's own size (10 bits per kept value);
+    the decoded forms cost 12 bytes per kept value each, ~200 MB per peer at 1B parameters.
+    So they are rebuilt on demand, one peer at a time:
+
+    * :meth:`load_update`: name -> (flat int64 indices into the real tensor, float32 values),
+      padding dropped, for the evaluation step and the aggregate;
+    * :meth:`rows`: the codec's ``[n_chunks, k]`` layout with per-tensor offsets, for copy
+      detection (``scoring.copies.PeerSketch.lazy``).
+
+    ``norm`` is measured once, when the upload is parsed. Tests and tools may pass decoded
+    forms directly (``update``, ``sketch_idx``, ``sketch_val``) instead of ``encoded``.
     """
 
-    update: SparseUpdate
-    sketch_idx: torch.Tensor
-    sketch_val: torch.Tensor
+    update: SparseUpdate | None
+    sketch_idx: torch.Tensor | None
+    sketch_val: torch.Tensor | None
     norm: float
+    encoded: Mapping[str, EncodedTensor] | None = None
+    shapes: Mapping[str, tuple[int, ...]] | None = None
+    cfg: CodecConfig | None = None
+
+    def _decode(self) -> tuple[SparseUpdate, torch.Tensor, torch.Tensor, float]:
+        assert self.encoded is not None and self.shapes is not None and self.cfg is not None
+        return _decode_all(self.encoded, self.shapes, self.cfg)
+
+    def load_update(self) -> SparseUpdate:
+        return self.update if self.update is not None else self._decode()[0]
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sketch_idx is not None and self.sketch_val is not None:
+            return self.sketch_idx, self.sketch_val
+        _update, idx, val, _norm = self._decode()
+        return idx, val
+
+    @property
+    def sketch_shape(self) -> tuple[int, int]:
+        if self.sketch_idx is not None:
+            return (int(self.sketch_idx.shape[0]), int(self.sketch_idx.shape[1]))
+        assert self.encoded is not None and self.cfg is not None
+        return (sum(int(e.idx.shape[0]) for e in self.encoded.values()), self.cfg.topk)
+
+    def nbytes(self) -> int:
+        """Bytes of the tensors this object keeps alive (what each accepted peer costs the validator)."""
+        held = [t for pair in (self.update or {}).values() for t in pair]
+        held += [t for t in (self.sketch_idx, self.sketch_val) if t is not None]
+        held += [t for e in (self.encoded or {}).values() for t in (e.idx, e.codes, e.lut)]
+        return sum(t.numel() * t.element_size() for t in held)
 
 
 @dataclass(slots=True)
@@ -115,8 +156,9 @@ class SketchHistory:
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_upload(encoded: Mapping[str, object], shapes: Mapping[str, tuple[int, ...]], cfg: object) -> Decoded:
-    """Decode every tensor's top-k values; raises ValueError on anything inconsistent."""
+def _decode_all(encoded: Mapping[str, EncodedTensor], shapes: Mapping[str, tuple[int, ...]], cfg: CodecConfig
+                ) -> tuple[SparseUpdate, torch.Tensor, torch.Tensor, float]:
+    """Every tensor's top-k values: the update, the sketch rows and the norm."""
     from protocol.codec import decode_sparse
 
     update: SparseUpdate = {}
@@ -127,7 +169,7 @@ def decode_upload(encoded: Mapping[str, object], shapes: Mapping[str, tuple[int,
         numel = math.prod(shapes[name])
         idx = sparse.indices.to(torch.int64)
         val = sparse.values.to(torch.float32)
-        padded = idx.shape[0] * int(getattr(cfg, "chunk", 0) or 0) or numel
+        padded = idx.shape[0] * cfg.chunk or numel
         flat_idx, flat_val = idx.reshape(-1), val.reshape(-1)
         real = flat_idx < numel  # positions in the chunk padding carry no parameter
         update[name] = (flat_idx[real].contiguous(), flat_val[real].contiguous())
@@ -135,7 +177,17 @@ def decode_upload(encoded: Mapping[str, object], shapes: Mapping[str, tuple[int,
         val_rows.append(val)
         offset += max(padded, numel)
         sq += float(torch.sum(flat_val.double() ** 2))
-    return Decoded(update, torch.cat(idx_rows), torch.cat(val_rows), math.sqrt(sq))
+    return update, torch.cat(idx_rows), torch.cat(val_rows), math.sqrt(sq)
+
+
+def decode_upload(encoded: Mapping[str, EncodedTensor], shapes: Mapping[str, tuple[int, ...]], cfg: CodecConfig
+                  ) -> Decoded:
+    """Decode once to measure the norm (non-finite if any value is), keep the compressed form.
+
+    Raises ValueError (or KeyError, RuntimeError) on anything inconsistent.
+    """
+    _update, _idx, _val, norm = _decode_all(encoded, shapes, cfg)
+    return Decoded(None, None, None, norm, encoded=dict(encoded), shapes=shapes, cfg=cfg)
 
 
 # --------------------------------------------------------------------------- the filters
@@ -168,7 +220,7 @@ def _wire_rejection(reason: str) -> Rejection:
 
 
 def _parse_one(
-    peer: Collected, *, window: int, hp: HParams, shapes: Mapping[str, tuple[int, ...]], cfg: object,
+    peer: Collected, *, window: int, hp: HParams, shapes: Mapping[str, tuple[int, ...]], cfg: CodecConfig,
     recent_hashes: Mapping[str, int],
 ) -> Candidate | Rejected:
     from protocol.wire import WireError, parse_delta
@@ -196,7 +248,7 @@ def _parse_one(
     except (ValueError, KeyError, RuntimeError) as exc:
         base.reason, base.detail = Rejection.MALFORMED.value, f"decode: {exc}"[:500]
         return base
-    if not all(torch.isfinite(v).all() for _, v in decoded.update.values()) or not math.isfinite(decoded.norm):
+    if not math.isfinite(decoded.norm):  # a NaN or an infinity anywhere makes the sum of squares non-finite
         base.reason = Rejection.NOT_FINITE.value
         return base
     return Candidate(peer.hotkey, peer.uid, float(peer.uploaded_at or 0.0), parsed.payload_hash,
@@ -209,13 +261,35 @@ def run_stage1(
     window: int,
     hp: HParams,
     shapes: Mapping[str, tuple[int, ...]],
-    cfg: object,
+    cfg: CodecConfig,
     recent_hashes: Mapping[str, int],
     banned: Iterable[str] = (),
     history: SketchHistory | None = None,
     copy_seed: int = 0,
 ) -> Stage1Result:
     """Apply every filter; each registered hotkey ends in ``accepted`` or ``rejected``."""
+    result = parse_uploads(collected, window=window, hp=hp, shapes=shapes, cfg=cfg, recent_hashes=recent_hashes,
+                           banned=banned)
+    filter_norms(result, hp)
+    _filter_copies(result, window=window, hp=hp, history=history, seed=copy_seed)
+    return result
+
+
+def parse_uploads(
+    collected: Mapping[str, Collected],
+    *,
+    window: int,
+    hp: HParams,
+    shapes: Mapping[str, tuple[int, ...]],
+    cfg: CodecConfig,
+    recent_hashes: Mapping[str, int],
+    banned: Iterable[str] = (),
+) -> Stage1Result:
+    """The per-peer filters (ban, collection, wire, metadata, sync, decode, finiteness), no window-wide ones.
+
+    Public so that ``gauntlet audit`` can re-check one peer's upload with exactly these checks, then
+    apply the window-wide norm bounds with the other peers' published norms (:func:`filter_norms`).
+    """
     result = Stage1Result()
     banned = set(banned)
     for hotkey, peer in collected.items():
@@ -232,12 +306,11 @@ def run_stage1(
                 out = Rejected(hotkey, peer.uid, Rejection.MALFORMED.value, f"internal: {exc!r}"[:500])
             target = result.accepted if isinstance(out, Candidate) else result.rejected
             target[hotkey] = out  # type: ignore[assignment]
-    _filter_norms(result, hp)
-    _filter_copies(result, window=window, hp=hp, history=history, seed=copy_seed)
     return result
 
 
-def _filter_norms(result: Stage1Result, hp: HParams) -> None:
+def filter_norms(result: Stage1Result, hp: HParams) -> None:
+    """Norm bounds against the median of ``result.accepted``, then the median of the survivors (in place)."""
     norms = {hk: c.decoded.norm for hk, c in result.accepted.items()}
     for hotkey, reason in check_norm(norms, hp.scoring.max_norm_ratio).items():
         cand = result.accepted.pop(hotkey)
@@ -252,7 +325,7 @@ def _filter_norms(result: Stage1Result, hp: HParams) -> None:
 def _filter_copies(
     result: Stage1Result, *, window: int, hp: HParams, history: SketchHistory | None, seed: int
 ) -> None:
-    sketches = [PeerSketch(c.hotkey, window, c.uploaded_at, c.decoded.sketch_idx, c.decoded.sketch_val)
+    sketches = [PeerSketch.lazy(c.hotkey, window, c.uploaded_at, c.decoded.rows, c.decoded.sketch_shape)
                 for c in result.accepted.values()]
     earlier = history.before(window) if history is not None else []
     findings = detect_copies(sketches, earlier, hp.scoring.copy_overlap_threshold,

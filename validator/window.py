@@ -22,24 +22,29 @@ import logging
 import os
 import secrets
 import signal
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from chain.base import Chain
-from protocol.follow import Follower, declared_validators
+from sqlalchemy.orm import Session, sessionmaker
+
+from chain.base import Chain, Metagraph
+from protocol.codec import CodecConfig
+from protocol.follow import Follower, declared_validators, publish_deadline
 from protocol.global_model import GlobalModel, OutOfSync
 from protocol.hparams import HParams
 from protocol.peer_storage import EndpointPolicy
 from protocol.storage import Storage
 from protocol.windows import window_bounds
+from protocol.wire import Signer
 from validator import metrics
 from validator.collect import StorageCache, WindowTimes, collect_window
 from validator.combine import PeerPrev, combine_window
 from validator.db import repo
+from validator.evaluate import EvalResult
 from validator.publish import publish_proposal
-from validator.receipts import build_receipts
-from validator.stage1 import SketchHistory, run_stage1
-from validator.stage2 import Stage2Plan, Stage2Runner, plan_stage2
+from validator.receipts import build_receipts, evaluation_setup
+from validator.stage1 import SketchHistory, Stage1Result, run_stage1
+from validator.stage2 import Stage2Plan, Stage2Runner, budget_end, plan_stage2
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +56,20 @@ class ValidatorContext:
     hp: HParams
     chain: Chain
     netuid: int
-    keypair: Any  # sr25519 hotkey Keypair; signs aggregates and checkpoints, sets weights
+    keypair: Signer  # sr25519 hotkey Keypair; signs aggregates and checkpoints, sets weights
     own_storage: Storage  # where this validator stores its proposals, the shared history and checkpoints
-    sessions: Any  # sessionmaker
+    sessions: sessionmaker[Session]
     stage2: Stage2Runner
-    codec_cfg: Any
+    codec_cfg: CodecConfig
     follower: Follower
     allow_local_storage: bool = False  # miners' file:// / http / private stores (GAUNTLET_ALLOW_PRIVATE_MINER_STORAGE)
     per_peer_timeout_s: float = 30.0
-    is_leader: Any = lambda: True  # callable: may this process set weights now?
+    is_leader: Callable[[], bool] = lambda: True  # may this process set weights now?
     model: GlobalModel | None = None
     recent_hashes: dict[str, int] = field(default_factory=dict)  # model hash -> window of that theta
     history: SketchHistory | None = None
     stores: StorageCache | None = None  # miners' stores; None: opened under the policy allow_local_storage sets
-    follow_recorded: tuple[Any, ...] = ()  # the follow status last written to the database
+    follow_recorded: tuple[object, ...] = ()  # the follow status last written to the database
 
     def __post_init__(self) -> None:
         if self.stores is None:  # built here so the policy can never disagree with allow_local_storage
@@ -124,7 +129,7 @@ def ensure_model(ctx: ValidatorContext, window: int) -> GlobalModel:
     return model
 
 
-def miner_hotkeys(meta: Any, commitments: dict[str, str]) -> dict[str, int]:
+def miner_hotkeys(meta: Metagraph, commitments: dict[str, str]) -> dict[str, int]:
     """The hotkeys scored as miners (-> uid): not declared validators, nor permit holders without a miner URL.
 
     A permit alone does not make a validator: on a subnet with fewer neurons than validator
@@ -165,8 +170,8 @@ def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
     with metrics.timed("collect", timings):
         meta, commitments = ctx.chain.metagraph(ctx.netuid), ctx.chain.commitments(ctx.netuid)
         hotkeys = {hk: uid for hk, uid in miner_hotkeys(meta, commitments).items() if hk != ctx.hotkey}
-        collected = collect_window(window, hotkeys=hotkeys, commitments=commitments,
-                                   times=window_times(ctx.chain, window, ctx.hp), hp=ctx.hp,
+        times = window_times(ctx.chain, window, ctx.hp)
+        collected = collect_window(window, hotkeys=hotkeys, commitments=commitments, times=times, hp=ctx.hp,
                                    allow_local_storage=ctx.allow_local_storage,
                                    per_peer_timeout_s=ctx.per_peer_timeout_s, stores=ctx.stores)
     prev = load_peers(ctx, list(hotkeys))
@@ -175,18 +180,22 @@ def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
         s1 = run_stage1(collected, window=window, hp=ctx.hp, shapes=model.shapes, cfg=ctx.codec_cfg,
                         recent_hashes=ctx.recent_hashes, banned=banned, history=ctx.history,
                         copy_seed=int.from_bytes(seed[:8], "little"))
+        for c in collected.values():  # Stage 1 keeps the parsed encodings; the raw bytes are not needed again
+            c.data = None
     with metrics.timed("stage2", timings):
         plan: Stage2Plan = plan_stage2(window, s1, hp=ctx.hp, seed=seed, num_pages=ctx.stage2.num_pages,
-                                       collected=collected)
-        results = ctx.stage2.run(model, plan)
+                                       collected=collected, prev_scores={hk: p.score for hk, p in prev.items()})
+        deadline = budget_end(ctx.stage2.clock(), publish_deadline(times.end, ctx.hp), ctx.hp)
+        results = ctx.stage2.run(model, plan, deadline=deadline)
     with metrics.timed("score", timings):
-        outcome = combine_window(window, prev=prev, stage1=s1, results=results, hp=ctx.hp)
+        outcome = combine_window(window, prev=prev, stage1=s1, results=results, hp=ctx.hp,
+                                 unevaluated=plan.unevaluated)
     with metrics.timed("aggregate", timings):
         published = publish_proposal(ctx.own_storage, ctx.keypair, window, model, s1, outcome, ctx.hp)
     crash_point("after_publish")
     with metrics.timed("persist", timings):
         receipts = build_receipts(window, s1, plan, results, outcome, prev=prev, base_hash=model.hash,
-                                  seed_hex=seed.hex())
+                                  seed_hex=seed.hex(), setup=evaluation_setup(ctx.hp, ctx.stage2.pages))
         with ctx.sessions() as s:
             stored = repo.mark_window_scored(
                 s, window=window, evaluations=receipts, peers=outcome.peer_updates(window, hotkeys),
@@ -200,7 +209,7 @@ def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
                         len(published.peers), timings)
 
 
-def _count(window: int, stored: bool, s1: Any, results: dict) -> None:
+def _count(window: int, stored: bool, s1: Stage1Result, results: Mapping[str, EvalResult]) -> None:
     if not stored:
         return
     metrics.WINDOWS_SCORED.inc()

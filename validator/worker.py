@@ -17,18 +17,19 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from protocol.global_model import GlobalModel, sync_global_model
 from protocol.hparams import HParams
+from protocol.model import model_from_state
 from protocol.peer_storage import EndpointPolicy
 from protocol.storage import Storage, delta_key
+from validator import metrics
 from validator.collect import StorageCache
-from validator.evaluate import EvalJob, EvalResult, PageSource, WindowEvaluator
+from validator.evaluate import Compute, EvalJob, EvalResult, PageSource, WindowEvaluator
 from validator.queue import Job, WorkQueue
 from validator.stage1 import decode_upload
-from validator.stage2 import model_from_state
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class WorkerConfig:
     allow_local_storage: bool = False  # the miner-store policy's dev flag (GAUNTLET_ALLOW_PRIVATE_MINER_STORAGE)
     stale_ms: int = 60_000  # reclaim jobs idle this long (their worker died)
     block_ms: int = 1000
+    compute: Compute = field(default_factory=Compute)  # --device / --dtype, as the validator's own Stage 2
 
 
 class Worker:
@@ -86,8 +88,8 @@ class Worker:
                                            owner=self.cfg.validator_hotkey)
             if self.model.window != window:
                 raise JobError(f"published history reaches window {self.model.window}, not {window}")
-            module = model_from_state(self.model.config, self.model.state)
-            self._evaluator = (key, WindowEvaluator(module, self.pages, random_page_ids))
+            module = model_from_state(self.model.config, self.model.state, self.cfg.compute.torch_device)
+            self._evaluator = (key, WindowEvaluator(module, self.pages, random_page_ids, self.cfg.compute))
         return self._evaluator[1]
 
     def fetch(self, payload: dict[str, Any]) -> EvalJob:
@@ -105,14 +107,14 @@ class Worker:
         if parsed.payload_hash != payload["payload_hash"]:
             raise JobError("payload changed since Stage 1")
         decoded = decode_upload(parsed.encoded, self.model.shapes, self.codec_cfg)
-        return EvalJob(payload["hotkey"], decoded.update, float(payload["step"]),
+        return EvalJob(payload["hotkey"], decoded.load_update(), float(payload["step"]),
                        tuple(payload["assigned_page_ids"]))
 
     def handle(self, job: Job) -> dict[str, Any]:
         p = job.payload
         try:
             evaluator = self.evaluator(job.window, tuple(p["random_page_ids"]))
-            result = evaluator.evaluate(self.fetch(p))
+            result = replace(evaluator.evaluate(self.fetch(p)), evaluator="worker")
             return {"ok": True, "worker": self.cfg.consumer, "result": result.as_dict()}
         except Exception as exc:  # reported back; the validator evaluates the peer itself
             log.warning("job %s/%s failed: %s", job.window, job.hotkey, exc)
@@ -123,7 +125,10 @@ class Worker:
         jobs = self.queue.reclaim_stale(self.cfg.consumer, self.cfg.stale_ms, count=10)
         jobs += self.queue.claim(self.cfg.consumer, count=1, block_ms=self.cfg.block_ms)
         for job in jobs:
-            self.queue.complete(job, self.handle(job))
+            start = time.perf_counter()
+            outcome = self.handle(job)
+            metrics.observe_worker_job(bool(outcome.get("ok")), time.perf_counter() - start)
+            self.queue.complete(job, outcome)
         return len(jobs)
 
     def run(self, *, max_jobs: int | None = None, idle_exit_s: float | None = None) -> int:

@@ -151,3 +151,61 @@ def test_two_workers_share_stage2(tmp_path: Path, pg_schema_url: str, redis_url:
     with ctx.sessions() as s:
         assert repo.count_window_evaluations(s, window=0, status="accepted") == 6
     assert ctx.own_storage.stat(aggregate_key(0)).size > 0
+
+
+class _SteppingClock:
+    """Wall clock for the Stage-2 budget: ``start``, then one second later at every reading."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start - 1.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_time_budget_leaves_peers_unevaluated_and_loses_nothing(tmp_path: Path, pg_schema_url: str) -> None:  # noqa: F811
+    from protocol.follow import publish_deadline
+    from protocol.windows import window_bounds
+
+    net, _settings, ctx = _net_and_ctx(tmp_path, pg_schema_url, 6)
+    service.bootstrap(ctx, 0)
+    theta = GlobalModel.initial(HP, window=0)
+    for miner in net.miners:
+        simulate.put(miner, 0, simulate.honest_upload(miner, theta, 0, net.pages, HP, net.pages.num_pages),
+                     uploaded_at=net.window_time(0))
+    net.close_window(0)
+    # The budget ends 3 clock readings after Stage 2 starts (one to set it, one to start evaluating,
+    # one per peer): one peer is evaluated, five are not.
+    end0 = net.chain.block_timestamp(window_bounds(0, HP.windows).end_block)
+    budget = publish_deadline(end0, HP) - HP.windows.publish_timeout_s * HP.scoring.eval_reserve_fraction
+    ctx.stage2.clock = _SteppingClock(budget - 3.0)
+    reports = service.run_pass(ctx, service.LoopConfig())
+    assert [r.window for r in reports] == [0] and reports[0].scored and reports[0].num_evaluated == 1
+
+    with ctx.sessions() as s:
+        rows = {e.hotkey: e for e in s.scalars(sa.select(Evaluation).where(Evaluation.window == 0))}
+        peers = {hk: repo.peer(s, hotkey=hk) for hk in rows}
+        window = repo.get_window(s, window=0)
+    assert set(rows) == {m.hotkey for m in net.miners}  # a receipt for everyone: nothing lost
+    by_status = {st: sorted(hk for hk, e in rows.items() if e.status == st) for st in ("accepted", "unevaluated")}
+    assert len(by_status["accepted"]) == 1 and len(by_status["unevaluated"]) == 5, by_status
+    for hk in by_status["unevaluated"]:
+        e = rows[hk]
+        assert e.reject_reason is None and e.loss_after_random is None and "time budget" in e.details["unevaluated"]
+        assert e.payload_hash and e.loss_before_assigned is None  # its upload was accepted, never scored
+        assert peers[hk].score == 0.0 and peers[hk].inactive_windows == 0  # standing unchanged, no decay
+    assert window.status in ("scored", "weights_set") and window.aggregate_hash
+
+    # The next window runs on time with the real clock, and everyone is evaluated again.
+    import time
+
+    ctx.stage2.clock = time.time
+    model1 = ctx.model
+    assert model1 is not None and model1.window == 1
+    for miner in net.miners:
+        simulate.put(miner, 1, simulate.honest_upload(miner, model1, 1, net.pages, HP, net.pages.num_pages),
+                     uploaded_at=net.window_time(1))
+    net.close_window(1)
+    reports = service.run_pass(ctx, service.LoopConfig())
+    assert [r.window for r in reports] == [1] and reports[0].num_evaluated == 6

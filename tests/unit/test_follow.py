@@ -33,7 +33,7 @@ from protocol.global_model import GlobalModel
 from protocol.hparams import HParams
 from protocol.model import model_hash
 from protocol.storage import LocalStorage, aggregate_key, proposal_key
-from protocol.sync import AggregateMeta, apply_update, pack_aggregate, parse_aggregate
+from protocol.sync import AggregateMeta, apply_update, pack_aggregate, parse_aggregate, round_update
 from protocol.windows import window_bounds
 from validator.simulate import Clock, keypair
 
@@ -178,14 +178,15 @@ class Net:
     def propose(self, name: str, model: GlobalModel, *, seed: int, claim: str | None = None) -> bytes:
         """Store ``name``'s proposal for ``model.window``: a small random step."""
         g = torch.Generator().manual_seed(seed)
-        update = {n: (torch.arange(0, t.numel(), 97), 1e-3 * torch.randn(len(range(0, t.numel(), 97)), generator=g))
-                  for n, t in model.state.items()}
+        update = round_update({n: (torch.arange(0, t.numel(), 97),
+                                   1e-3 * torch.randn(len(range(0, t.numel(), 97)), generator=g))
+                               for n, t in model.state.items()})
         nxt = model.copy()
         apply_update(nxt.state, update)
         meta = AggregateMeta(window=model.window, base_model_hash=model.hash,
                              result_model_hash=claim or model_hash(nxt.state), validator=self.hotkey(name),
                              spec_version=HP.spec_version)
-        data = pack_aggregate(update, meta, self.keys[name])
+        data = pack_aggregate(update, meta, self.keys[name], shapes=model.shapes)
         self.stores[name].put(proposal_key(model.window), data)
         stamp = self.clock.now  # the store's clock is the simulated one
         os.utime(self.stores[name].root / proposal_key(model.window), (stamp, stamp))

@@ -163,3 +163,16 @@ def test_loss_decreases_with_adamw() -> None:
         loss.backward()
         opt.step()
     assert loss.item() < first - 1.5
+
+
+def test_cross_entropy_in_row_chunks_matches_one_shot(monkeypatch: pytest.MonkeyPatch) -> None:
+    import protocol.model as pm
+
+    model = pm.build_model(pm.preset("tiny"), seed=3)
+    tokens = torch.randint(0, 4096, (5, 33), generator=torch.Generator().manual_seed(0))
+    whole = model.per_sequence_loss(tokens)
+    monkeypatch.setattr(pm, "MAX_LOGIT_ELEMENTS", 2 * 32 * 4096)  # two rows of logits at a time
+    chunked = model.per_sequence_loss(tokens)
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(pm, "MAX_LOGIT_ELEMENTS", 1)  # never fewer than one row
+    torch.testing.assert_close(model.per_sequence_loss(tokens), whole, rtol=1e-6, atol=1e-6)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scoring.aggregate import aggregate, centered_clip, clip_to_median_norm, selected_mean, trimmed_mean
+from scoring.aggregate import (
+    aggregate,
+    aggregate_sparse,
+    centered_clip,
+    clip_to_median_norm,
+    selected_mean,
+    trimmed_mean,
+)
 
 
 def vec(*xs: float) -> torch.Tensor:
@@ -142,3 +149,23 @@ def test_invalid_inputs() -> None:
         aggregate([{"w": vec(1)}, {"v": vec(1)}], "mean")
     with pytest.raises(ValueError, match="shape"):
         aggregate([{"w": vec(1)}, {"w": vec(1, 2)}], "mean")
+
+
+def test_sparse_aggregation_matches_dense_and_needs_no_dense_peer() -> None:
+    # Peer 0 sends positions out of order; peer 2 leaves "b" out; scales multiply first.
+    peers = [{"w": (torch.tensor([3, 0]), torch.tensor([-2.0, 3.0])), "b": (torch.tensor([0]), torch.tensor([1.0]))},
+             {"w": (torch.tensor([0, 1, 2]), torch.tensor([6.0, 3.0, 4.0])), "b": (torch.tensor([0]), torch.tensor([2.0]))},
+             {"w": (torch.tensor([2]), torch.tensor([1.0]))}]
+    dense = [{"w": torch.tensor([3.0, 0, 0, -2.0]), "b": torch.tensor([1.0])},
+             {"w": torch.tensor([6.0, 3.0, 4.0, 0]), "b": torch.tensor([2.0])},
+             {"w": torch.tensor([0, 0, 1.0, 0]), "b": torch.tensor([0.0])}]
+    shapes = {"w": (4,), "b": (1,)}
+    for rule in ("mean", "selected_mean", "trimmed_mean", "centered_clip"):
+        for clip in (False, True):
+            got = dict(aggregate_sparse(peers, shapes, rule, 0.2, clip_to_median=clip, scales=[1.0, 0.5, 2.0]))
+            scaled = [{k: v * f for k, v in d.items()} for d, f in zip(dense, [1.0, 0.5, 2.0], strict=True)]
+            want = aggregate(scaled, rule, 0.2, clip_to_median=clip)
+            assert all(torch.equal(got[k], want[k]) for k in shapes), (rule, clip)
+    assert dict(aggregate_sparse(peers, shapes, "selected_mean"))["w"].tolist() == [4.5, 3.0, 2.5, -2.0]
+    with pytest.raises(ValueError, match="twice"):
+        list(aggregate_sparse([{"w": (torch.tensor([1, 1]), torch.tensor([1.0, 1.0]))}], shapes, "mean"))

@@ -5,6 +5,7 @@ Run: ``pytest tests/unit/test_validator_stage1.py -q``
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -20,7 +21,7 @@ from validator.stage1 import (
     Stage1Result,
     _check_meta,
     _filter_copies,
-    _filter_norms,
+    filter_norms,
     run_stage1,
     steps_behind,
 )
@@ -66,7 +67,7 @@ def test_signed_metadata(meta: dict, reason: Rejection | None) -> None:
 def test_norm_bounds_against_the_window_median() -> None:
     res = Stage1Result(accepted={"a": _cand("a", 1), "b": _cand("b", 2), "c": _cand("c", 3),
                                  "big": _cand("big", 4, norm_scale=50.0), "zero": _cand("zero", 5, 0.0)})
-    _filter_norms(res, HP)  # max_norm_ratio = 10: 50x the median is out
+    filter_norms(res, HP)  # max_norm_ratio = 10: 50x the median is out
     assert res.rejected["big"].reason == "norm_too_large"
     assert res.rejected["zero"].reason == "norm_too_small"
     assert set(res.accepted) == {"a", "b", "c"}
@@ -177,3 +178,29 @@ def test_own_signed_copy_still_bans() -> None:
     assert res.rejected["copier"].reason == Rejection.COPY.value
     assert out.peers["copier"].banned_until == 7 + HP.scoring.copy_ban_windows
 
+
+
+def test_an_accepted_upload_is_held_compressed_and_decoded_on_demand() -> None:
+    """Memory per peer is the upload's size, not 12 bytes per kept value (issue 12)."""
+    from protocol.codec import CodecConfig, decode_sparse, encode
+    from protocol.model import param_shapes, preset
+    from validator.stage1 import decode_upload
+
+    shapes = param_shapes(preset("tiny"))
+    cfg = CodecConfig()
+    g = torch.Generator().manual_seed(0)
+    enc = encode({n: torch.randn(s, generator=g) for n, s in shapes.items()}, cfg)
+    compressed = sum(e.idx.numel() + e.codes.numel() + 4 * e.lut.numel() for e in enc.values())
+    decoded = decode_upload(enc, shapes, cfg)
+    assert decoded.update is None and decoded.sketch_idx is None  # nothing decoded is kept
+    assert decoded.nbytes() <= 1.05 * compressed
+    update = decoded.load_update()
+    kept = sum(i.numel() for i, _ in update.values())
+    assert kept * 12 > 8 * compressed  # what holding the decoded form would have cost
+    for name, (idx, val) in update.items():  # the same values as a direct decode
+        sparse = decode_sparse(enc[name], cfg)
+        real = sparse.indices.reshape(-1) < math.prod(shapes[name])
+        assert torch.equal(idx, sparse.indices.reshape(-1)[real]) and torch.equal(val, sparse.values.reshape(-1)[real])
+    idx, val = decoded.rows()
+    assert tuple(idx.shape) == decoded.sketch_shape and idx.shape == val.shape
+    assert decoded.norm == pytest.approx(float(torch.cat([v for _, v in update.values()]).double().norm()))

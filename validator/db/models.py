@@ -29,7 +29,7 @@ WINDOW_STATUSES = ("open", "scoring", "scored", "weights_set")
 #: Windows whose scoring is final (their seed and receipts may be published).
 FINAL_WINDOW_STATUSES = ("scored", "weights_set")
 #: Outcome of one peer in one window.
-EVALUATION_STATUSES = ("accepted", "rejected", "missing")
+EVALUATION_STATUSES = ("accepted", "rejected", "missing", "unevaluated")
 #: State of the ``set_weights`` extrinsic of a weight set.
 WEIGHT_TX_STATUSES = ("pending", "success", "failed")
 

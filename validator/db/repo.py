@@ -37,7 +37,7 @@ from validator.db.models import (
 )
 
 MAX_PAGE = 1000
-EvaluationStatus = Literal["accepted", "rejected", "missing"]
+EvaluationStatus = Literal["accepted", "rejected", "missing", "unevaluated"]
 WindowStatus = Literal["open", "scoring", "scored", "weights_set"]
 
 
