@@ -10,8 +10,12 @@ sending its next request as soon as the last one is answered (closed loop) for
 so on a 2-core machine the client costs far less CPU than the server it measures.
 
 Endpoints: the leaderboard (top 50), one window's receipt for one peer, and a peer's
-history (last 50 windows); window and peer are drawn at random per request. Each is run
-uncached (no Redis) and, with ``--redis``, through the Redis response cache.
+history (last 50 windows); the chart series (the global model's loss over the last 200 and
+1,000 windows, receipts per window by status, a peer's score and weight over 200 windows);
+and the dashboard pages that draw them (front page, a peer's page, the windows page, each
+over the last 200 windows). Window and peer are drawn at random per request. Each is run
+uncached (no Redis) and, with ``--redis``, through the Redis response cache; ``--only`` picks
+workloads by name. Rows also give the mean response size (a page must stay small to stay usable).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
+PUBLISHER = "5" + "V" * 47  # the validator whose aggregates every window applied
 
 
 def hotkeys(n: int) -> list[str]:
@@ -50,7 +55,7 @@ def fill(url: str, num_peers: int, num_windows: int) -> float:
     """Migrate and bulk-insert the benchmark database; returns seconds taken."""
     import sqlalchemy as sa
 
-    from validator.db.models import Evaluation, Peer, WeightSet, Window
+    from validator.db.models import Evaluation, FollowState, Peer, WeightSet, Window
     from validator.db.session import make_engine, migrate
 
     t0 = time.perf_counter()
@@ -64,8 +69,13 @@ def fill(url: str, num_peers: int, num_windows: int) -> float:
              "base_model_hash": f"{w:064x}", "random_seed_hex": f"{rng.getrandbits(256):064x}",
              "started_at": T0 + timedelta(minutes=w), "scored_at": T0 + timedelta(minutes=w, seconds=50),
              "stage_timings": {"stage1": 1.0, "stage2": 20.0}, "aggregate_hash": f"{w:064x}",
+             "publisher": PUBLISHER, "next_model_hash": f"{w + 1:064x}",
              "num_submitted": num_peers, "num_evaluated": num_peers - 20}
             for w in range(num_windows)
+        ])
+        conn.execute(sa.insert(FollowState), [
+            {"id": 1, "state": "following", "window": num_windows, "model_hash": f"{num_windows:064x}",
+             "publisher": PUBLISHER, "failovers": 0, "null_windows": 0, "updated_at": T0}
         ])
         conn.execute(sa.insert(WeightSet), [
             {"window": w, "block": 1000 + w, "version_key": 1, "uids": list(range(num_peers)),
@@ -115,6 +125,7 @@ def query_plans(url: str, hotkey: str) -> dict[str, str]:
     import sqlalchemy as sa
     from sqlalchemy.orm import Session
 
+    from validator.api import queries
     from validator.db.models import Evaluation, Peer
     from validator.db.session import make_engine
 
@@ -122,6 +133,8 @@ def query_plans(url: str, hotkey: str) -> dict[str, str]:
     stmts = {
         "leaderboard": sa.select(Peer).where(Peer.uid.is_not(None)).order_by(Peer.score.desc(), Peer.hotkey).limit(50),
         "history": sa.select(Evaluation).where(Evaluation.hotkey == hotkey).order_by(Evaluation.window.desc()).limit(50),
+        "model loss": queries.model_loss_stmt(last=200),
+        "peer scores": queries.peer_scores_stmt(hotkey=hotkey, last=200),
     }
     plans = {}
     with Session(engine) as s:
@@ -139,6 +152,7 @@ def query_plans(url: str, hotkey: str) -> dict[str, str]:
 
 async def _load(port: int, paths: list[str], concurrency: int, seconds: float, warmup: float) -> dict[str, object]:
     latencies: list[float] = []
+    sizes: list[int] = []
     errors = 0
     statuses: dict[int, int] = {}
     start = time.perf_counter()
@@ -165,6 +179,7 @@ async def _load(port: int, paths: list[str], concurrency: int, seconds: float, w
             t1 = time.perf_counter()
             if t0 >= t_measure:
                 latencies.append(t1 - t0)
+                sizes.append(length)
                 statuses[status] = statuses.get(status, 0) + 1
                 if status != 200:
                     errors += 1
@@ -179,6 +194,7 @@ async def _load(port: int, paths: list[str], concurrency: int, seconds: float, w
 
     return {"requests": len(latencies), "rps": len(latencies) / elapsed, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
             "mean_ms": 1000 * statistics.fmean(latencies) if latencies else float("nan"), "errors": errors,
+            "kib": statistics.fmean(sizes) / 1024 if sizes else float("nan"),
             "statuses": statuses}
 
 
@@ -229,8 +245,8 @@ def run_case(url: str, redis_url: str | None, workloads: dict[str, list[str]], a
     results = {}
     try:
         _wait_up(port, proc)
-        for name, paths in workloads.items():
-            paths_file = tmp / f"{name}.json"
+        for i, (name, paths) in enumerate(workloads.items()):
+            paths_file = tmp / f"workload-{i}.json"  # names have slashes
             paths_file.write_text(json.dumps(paths))
             out = subprocess.run(
                 [sys.executable, __file__, "load", "--port", str(port), "--paths-file", str(paths_file),
@@ -259,6 +275,7 @@ def main() -> None:
     parser.add_argument("--pg", help="PostgreSQL URL (a fresh schema is created and dropped)")
     parser.add_argument("--redis", help="Redis URL for the cached runs, e.g. redis://127.0.0.1:6379/15")
     parser.add_argument("--quick", action="store_true", help="small database, short runs")
+    parser.add_argument("--only", help="comma-separated substrings: run only the workloads whose name has one")
     args = parser.parse_args()
     if args.cmd == "load":
         load_main(args)
@@ -274,7 +291,17 @@ def main() -> None:
             f"/api/v1/windows/{rng.randrange(args.windows)}/evaluations?hotkey={rng.choice(hks)}" for _ in range(2000)
         ],
         "peer history (50)": [f"/api/v1/peers/{hk}/history?limit=50" for hk in hks],
+        "model loss (200)": ["/api/v1/model/loss?last=200"],
+        "model loss (1000)": ["/api/v1/model/loss?last=1000"],
+        "window outcomes (200)": ["/api/v1/windows/outcomes?last=200"],
+        "peer scores (200)": [f"/api/v1/peers/{hk}/scores?last=200" for hk in hks],
+        "page / (200)": ["/?last=200"],
+        "page /peer (200)": [f"/peer/{hk}?last=200" for hk in hks],
+        "page /windows (200)": ["/windows?last=200"],
     }
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        workloads = {k: v for k, v in workloads.items() if any(w in k for w in wanted)}
     tmp = Path(tempfile.mkdtemp(prefix="gauntlet-bench-"))
     databases: list[tuple[str, str]] = [("SQLite", f"sqlite:///{tmp / 'validator.db'}")]
     schema = None
@@ -300,18 +327,20 @@ def main() -> None:
                 for name, r in run_case(url, redis_url, workloads, args, tmp).items():
                     rows.append((db_name, cache_name, name, r))
                     print(f"{db_name:<10} {cache_name:<11} {name:<24} {r['rps']:>8.0f} req/s  "
-                          f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}", flush=True)
+                          f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  {r['kib']:7.1f} KiB  "
+                          f"errors {r['errors']}", flush=True)
     finally:
         if schema:
             with admin.connect() as c:
                 c.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
             admin.dispose()
     print()
-    print(f"| Database | Cache | Query | req/s | p50 ms | p99 ms | errors |  ({platform.node()}, "
+    print(f"| Database | Cache | Query | req/s | p50 ms | p99 ms | KiB | errors |  ({platform.node()}, "
           f"{os.cpu_count()} cores, concurrency {args.concurrency}, {args.seconds:g} s per row)")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for db_name, cache_name, name, r in rows:
-        print(f"| {db_name} | {cache_name} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+        print(f"| {db_name} | {cache_name} | {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+              f"| {r['kib']:.1f} | {r['errors']} |")
 
 
 if __name__ == "__main__":

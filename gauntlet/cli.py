@@ -19,6 +19,7 @@ from gauntlet.localnet import localnet
 from miner.cli import app as miner_app
 from protocol.cli import data_app
 from validator.api.cli import register as register_api
+from validator.audit_cli import register as register_audit
 from validator.cli import register as register_validator
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(miner_app, name="miner")
 register_validator(app)
 register_api(app)
+register_audit(app)
 app.command("localnet", help="Run a local network with honest and adversarial miners.")(localnet)
 
 if __name__ == "__main__":

@@ -5,14 +5,23 @@ time), the filters passed or the reason rejected, the pages and seed of the eval
 the base model hash, the exact losses and the first-order estimate, the rating before and
 after, the final score. The window's secret seed is stored with it but published only
 once the window is scored (``Window.published_seed``).
+
+``details["setup"]`` (:func:`evaluation_setup` plus the per-peer part) names what is not a
+public input but still decides the numbers: the hyper-parameters' digest, model preset and
+seed, the page store's digest, the batch layout, device class and dtype, who evaluated
+(validator or worker), the evaluation step and its size factor, and the store the upload was
+read from. With it, ``gauntlet audit`` recomputes a receipt from public data alone.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from protocol.hparams import HParams
 from validator.combine import PeerOutcome, PeerPrev, WindowOutcome
 from validator.evaluate import EvalResult
 from validator.stage1 import Stage1Result
@@ -21,6 +30,36 @@ from validator.stage2 import Stage2Plan
 #: Stage-1 checks in the order they run, recorded as passed for accepted peers.
 STAGE1_FILTERS = ["registered", "not_banned", "on_time", "parse", "signature", "metadata", "sync",
                   "finite", "norm", "copy"]
+
+
+#: How Stage 2 batches pages (``validator.evaluate.WindowEvaluator``); sequences in another batch can
+#: differ in the last float bits, so an auditor states its tolerance against this layout.
+BATCH_LAYOUT = ("after: the peer's assigned pages then the window's random pages in one forward; before: "
+                "per page id, random pages first, then each peer's uncached assigned pages, peers in the plan's "
+                "evaluation order (validator.stage2.evaluation_order)")
+
+
+def hparams_digest(hp: HParams) -> str:
+    """sha256 of the canonical hyper-parameters: an auditor must score under the same ones."""
+    canonical = json.dumps(hp.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def evaluation_setup(hp: HParams, pages: object) -> dict[str, Any]:
+    """The per-window part of ``details["setup"]`` (see the module docstring)."""
+    manifest = getattr(pages, "manifest", None)
+    return {"spec_version": hp.spec_version, "hparams_digest": hparams_digest(hp), "model": hp.model,
+            "model_seed": hp.model_seed, "data_digest": getattr(manifest, "digest", None),
+            "seq_len": hp.data.seq_len, "page_seqs": hp.data.page_seqs, "batch": BATCH_LAYOUT,
+            "eval_eta": hp.scoring.eval_step_scale * hp.outer.lr, "size_rule": hp.scoring.eval_norm}
+
+
+def _setup(base: Mapping[str, Any], step: float, url: str | None, res: EvalResult | None) -> dict[str, Any]:
+    eta = float(base.get("eval_eta") or 0.0)
+    out = {**base, "eval_step": step, "step_factor": step / eta if eta else None, "upload_url": url}
+    if res is not None:
+        out.update(device=res.device, dtype=res.dtype, evaluator=res.evaluator)
+    return out
 
 
 def _ts(t: float | None) -> datetime | None:
@@ -34,9 +73,12 @@ def _rating(prev: PeerPrev, out: PeerOutcome) -> dict[str, Any]:
 
 def build_receipts(
     window: int, s1: Stage1Result, plan: Stage2Plan, results: Mapping[str, EvalResult], outcome: WindowOutcome,
-    *, prev: Mapping[str, PeerPrev], base_hash: str, seed_hex: str,
+    *, prev: Mapping[str, PeerPrev], base_hash: str, seed_hex: str, setup: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Receipts for every peer in ``outcome`` (all registered miners of the window)."""
+    """Receipts for every peer in ``outcome`` (all registered miners of the window).
+
+    ``setup`` is :func:`evaluation_setup`'s dict; each evaluated peer's receipt gets it with its own part.
+    """
     jobs = {j.hotkey: j for j in plan.jobs}
     receipts = []
     for hk, out in outcome.peers.items():
@@ -52,6 +94,9 @@ def build_receipts(
             if hk in jobs:
                 r["assigned_page_ids"] = list(jobs[hk].assigned_page_ids)
                 r["details"]["eval_step"] = jobs[hk].step
+                if setup is not None:
+                    r["details"]["setup"] = _setup(setup, jobs[hk].step, plan.remote.get(hk, {}).get("url"),
+                                                   results.get(hk))
         if hk in results:
             res = results[hk]
             r.update(loss_before_assigned=res.loss_before_assigned, loss_after_assigned=res.loss_after_assigned,
@@ -70,6 +115,8 @@ def build_receipts(
                      details={"norm": rej.norm} if rej.norm is not None else {})
         elif hk in outcome.broken:
             r.update(reject_reason="not_finite", reject_detail="loss after the evaluation step is not finite")
+        elif out.status == "unevaluated":
+            r["details"]["unevaluated"] = "the window's Stage-2 time budget ran out first (validator.stage2)"
         elif hk in s1.accepted and hk not in results:
             r.update(reject_reason="evaluation_failed")
         receipts.append(r)

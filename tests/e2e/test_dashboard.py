@@ -4,9 +4,11 @@ Run: ``pytest -m e2e tests/e2e/test_dashboard.py``. Needs Debian's ``chromium`` 
 (``apt-get install -y chromium chromium-driver``); without it the test is skipped on a
 developer machine and *fails* under ``CI=true``. The API runs as
 ``python -m validator.api api`` on a free loopback port over a filled SQLite database;
-Chromium dumps the rendered DOM of the leaderboard and a peer page (rows and an ``<svg>``
-chart with data points must be there) and saves screenshots in the test's tmp dir
-(``GAUNTLET_SAVE_SCREENSHOTS=1`` also refreshes ``docs/dashboard.png``).
+Chromium dumps the rendered DOM of the front page (the global model's loss over windows and
+receipts per window, as ``<svg>`` charts with data points, the follow panel and the leaderboard
+rows) and of a peer page (its score and weight history charts), and saves screenshots in the
+test's tmp dir (``GAUNTLET_SAVE_SCREENSHOTS=1`` also refreshes ``docs/dashboard.png``, the
+README's screenshot).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def _free_port() -> int:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Filled]]:
     url = f"sqlite:///{tmp_path / 'validator.db'}"
-    filled = filled_database(url, num_peers=12, num_windows=30)
+    filled = filled_database(url, num_peers=12, num_windows=30, follow=True)
     port = _free_port()
     log = (tmp_path / "api.log").open("w")
     proc = subprocess.Popen(
@@ -89,6 +91,20 @@ def _browse(chromium: str, tmp_path: Path, url: str, *args: str) -> str:
     return result.stdout
 
 
+def _charts(dom: str) -> dict[str, int]:
+    """Data points per chart, by its full title and by the title cut before a comma, " on " or "(" ."""
+    found = re.findall(r'<svg[^>]*aria-label="([^"]+)"[^>]*data-points="(\d+)"', dom)
+    out = {title: int(n) for title, n in found}
+    for title, n in found:
+        out.setdefault(re.split(r"[,(]| on ", title)[0].strip(), int(n))
+    return out
+
+
+def _svg(dom: str, figure_id: str) -> str:
+    """The markup of the chart in ``<figure id=figure_id>``."""
+    return dom.split(f'id="{figure_id}"')[1].split("</svg>")[0]
+
+
 def test_dashboard_renders_in_chromium(served: tuple[str, Filled], tmp_path: Path) -> None:
     chromium = _chromium()
     base, filled = served
@@ -96,13 +112,18 @@ def test_dashboard_renders_in_chromium(served: tuple[str, Filled], tmp_path: Pat
     dom = _browse(chromium, tmp_path, base + "/", "--dump-dom")
     assert len(re.findall(r'<tr class="peer-row', dom)) == len(filled.hotkeys) - 1
     assert filled.hotkeys[0][:6] in dom and "Leaderboard" in dom
-    points = [int(n) for n in re.findall(r'<svg[^>]*data-points="(\d+)"', dom)]
-    assert points and max(points) > 0  # the rejections chart has bars
+    front = _charts(dom)
+    loss = _svg(dom, "model-loss")
+    assert front["Global model loss"] == len(filled.scored_windows)  # one point per scored window
+    assert "<polyline" in loss and len(re.findall(r"<circle", loss)) == len(filled.scored_windows)
+    assert front["Receipts per window"] == len(filled.scored_windows) + 1 and "<rect" in _svg(dom, "outcomes")
+    assert front["Rejections by reason"] > 0
+    follow = dom.split('id="follow"')[1].split("</section>")[0]
+    assert "following" in follow and "failovers" in follow and "null windows" in follow
 
     peer_dom = _browse(chromium, tmp_path, f"{base}/peer/{filled.hotkeys[0]}", "--dump-dom")
-    charts = re.findall(r'<svg[^>]*aria-label="([^"]+)"[^>]*data-points="(\d+)"', peer_dom)
-    by_title = {title: int(n) for title, n in charts}
-    assert by_title["Final score"] == len(filled.scored_windows)
+    by_title = _charts(peer_dom)
+    assert by_title["Final score"] == by_title["Weight"] == len(filled.scored_windows)
     assert "<polyline" in peer_dom and 'class="band"' in peer_dom
 
     for name, path in (("dashboard.png", "/"), ("peer.png", f"/peer/{filled.hotkeys[0]}"),

@@ -3,9 +3,13 @@
 ``fill_db`` scores a few windows the way the validator does (``mark_window_scored`` with
 every peer's receipt and new state, then ``record_weight_set``): accepted peers with losses
 and rating changes, a rejected peer per window (reasons rotate), a missing one, a peer that
-is deregistered half-way (its uid moves to a newcomer), a banned copier, and one window
-still ``open`` with its secret seed and a receipt already stored, which the API must not
-publish. Deterministic: the same arguments give the same rows.
+is deregistered half-way (its uid moves to a newcomer), a banned copier, a peer left
+unevaluated (time budget) in the last scored window, and one window still ``open`` with its
+secret seed and a receipt already stored, which the API must not publish. Every evaluated
+receipt of a window shares its "before" loss on the random pages, as the validator's do.
+``follow=True`` also records what the follower decided: each window's applied aggregate (a
+failover to a second validator, and one null window), the validator's hotkey and its follow
+state. Deterministic: the same arguments give the same rows.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,7 +45,12 @@ class Filled:
     newcomer: str
     banned: str
     missing: str
+    unevaluated: str
     seeds: dict[int, str] = field(default_factory=dict)
+    #: With ``follow=True``: this validator, the validator it failed over to, and the null window.
+    validator: str | None = None
+    failover_to: str | None = None
+    null_window: int | None = None
 
 
 def _receipt(rng: random.Random, hk: str, uid: int, status: str, window: int, prev: tuple[float, float],
@@ -50,6 +60,9 @@ def _receipt(rng: random.Random, hk: str, uid: int, status: str, window: int, pr
                        "rating_mu_before": mu, "rating_sigma_before": sigma}
     if status == "accepted":
         before = 4.0 - window * 0.01 + rng.uniform(-0.05, 0.05)
+        # theta_W on the window's random pages: one value per window (a falling curve, noisy
+        # because each window draws new pages), from its own generator so the rest stays as it was.
+        shared = 4.1 - window * 0.01 + random.Random(f"loss-{window}").uniform(-0.012, 0.012)
         gain_a, gain_r = rng.uniform(0.0, 0.08), rng.uniform(-0.01, 0.05)
         contribution = gain_r
         mu, sigma = mu + rng.uniform(-0.5, 1.5), max(1.0, sigma * 0.93)
@@ -57,8 +70,8 @@ def _receipt(rng: random.Random, hk: str, uid: int, status: str, window: int, pr
                  uploaded_at=T0 + timedelta(minutes=window), filters_passed=["registered", "on_time", "norm", "copy"],
                  assigned_page_ids=sorted(rng.sample(range(10_000), 4)),
                  random_page_ids=sorted(rng.sample(range(10_000), 4)), random_seed_hex=seed_hex,
-                 loss_before_assigned=before, loss_after_assigned=before - gain_a, loss_before_random=before + 0.1,
-                 loss_after_random=before + 0.1 - gain_r, estimate=gain_r * 0.9, contribution=contribution,
+                 loss_before_assigned=before, loss_after_assigned=before - gain_a, loss_before_random=shared,
+                 loss_after_random=shared - gain_r, estimate=gain_r * 0.9, contribution=contribution,
                  indicator=1.0 if contribution > 0 else 0.0, bma_after=max(0.0, contribution), sync_score=1.0,
                  eval_seconds=rng.uniform(1, 3), details={"norm": rng.uniform(0.5, 2.0)})
     elif status == "rejected":
@@ -73,13 +86,14 @@ def _receipt(rng: random.Random, hk: str, uid: int, status: str, window: int, pr
 
 
 def fill_db(sessions: sessionmaker[Session], *, num_peers: int = 8, first_window: int = 100,
-            num_windows: int = 5, seed: int = 0) -> Filled:
+            num_windows: int = 5, seed: int = 0, follow: bool = False) -> Filled:
     """Score ``num_windows`` windows for ``num_peers`` peers and leave one more window open."""
     rng = random.Random(seed)
     hks = [hotkey(i, seed=seed) for i in range(num_peers + 1)]
     newcomer, deregistered, banned, missing = hks[num_peers], hks[1], hks[2], hks[3]
     filled = Filled(hotkeys=hks, scored_windows=[], open_window=first_window + num_windows,
-                    deregistered=deregistered, newcomer=newcomer, banned=banned, missing=missing)
+                    deregistered=deregistered, newcomer=newcomer, banned=banned, missing=missing,
+                    unevaluated=hks[5 % num_peers])
     ratings = {hk: (25.0, 25.0 / 3) for hk in hks}
     with sessions() as s:
         for k in range(num_windows):
@@ -97,6 +111,8 @@ def fill_db(sessions: sessionmaker[Session], *, num_peers: int = 8, first_window
                 status, reason = "accepted", None
                 if hk == missing:
                     status = "missing"
+                elif hk == filled.unevaluated and k == num_windows - 1:
+                    status = "unevaluated"
                 elif hk == banned or uid == 4 + k % max(1, num_peers - 4):
                     status, reason = "rejected", "copy" if hk == banned else REJECT_REASONS[k % len(REJECT_REASONS)]
                 r, u = _receipt(rng, hk, uid, status, w, ratings[hk], seed_hex, base, reason)
@@ -123,10 +139,35 @@ def fill_db(sessions: sessionmaker[Session], *, num_peers: int = 8, first_window
                          started_at=T0 + timedelta(minutes=w))
         repo.record_evaluation(s, window=w, hotkey=hks[0], status="accepted", uid=0,
                                random_seed_hex=seed_hex, random_page_ids=[1, 2, 3], assigned_page_ids=[4, 5])
+        if follow:
+            _record_follow(s, filled, seed=seed)
     return filled
 
 
-def filled_database(url: str, **kwargs: int) -> Filled:
+def _record_follow(s: Session, filled: Filled, *, seed: int) -> None:
+    """Decisions for the scored windows (theta_{W+1} is the next window's base model), run config, state.
+
+    This validator publishes the first windows; the middle window is a null window (theta
+    unchanged), after which a second validator publishes (a failover).
+    """
+    from protocol.follow import FollowStatus
+    from validator.db.models import Window
+
+    filled.validator, filled.failover_to = hotkey(900, seed=seed), hotkey(901, seed=seed)
+    windows = filled.scored_windows
+    filled.null_window = windows[len(windows) // 2]
+    for w in windows:
+        nxt = s.get(Window, w + 1)  # every scored window has a successor (the last one: the open window)
+        assert nxt is not None and nxt.base_model_hash is not None
+        publisher = None if w == filled.null_window else (
+            filled.validator if w < filled.null_window else filled.failover_to)
+        repo.record_decision(s, window=w, publisher=publisher, next_model_hash=nxt.base_model_hash)
+    repo.record_run_config(s, config={"fixture": True}, version="test", hotkey=filled.validator)
+    repo.record_follow_status(s, FollowStatus("following", filled.open_window, "ab" * 32, filled.failover_to, "",
+                                              failovers=1, null_windows=1))
+
+
+def filled_database(url: str, **kwargs: Any) -> Filled:
     """Migrate the database at ``url`` to head and fill it (see :func:`fill_db`)."""
     from validator.db.session import make_engine, migrate, session_factory
 

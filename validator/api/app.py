@@ -14,6 +14,7 @@ Errors: bad parameters are 422 with FastAPI's ``detail`` list, unknown peers or 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from sqlalchemy.engine import Engine
 from validator.api.cache import CacheMiddleware, ResponseCache
 from validator.api.deps import strict_query
 from validator.api.metrics import ApiMetrics, MetricsMiddleware, RouteLabels
-from validator.api.routes import dashboard, health, peers, scores, windows
+from validator.api.routes import dashboard, health, model, peers, scores, windows
 from validator.db import repo
 from validator.db.session import make_engine, session_factory
 
@@ -48,16 +49,36 @@ def _num(value: float | None) -> str:
     return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
 
 
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
+
+
 @pass_context
 def _path_for(context: Any, name: str, /, **params: Any) -> str:
-    """Root-relative URL of a route (works behind a proxy and when mounted under a prefix)."""
+    """Root-relative URL of a route (works behind a proxy and when mounted under a prefix).
+
+    ``url_for`` walks the route table on every call, which was most of the time spent rendering a
+    256-row leaderboard; so each route is resolved once per request with placeholders, and values
+    that need no escaping (hotkeys, window numbers) are substituted into that path.
+    """
     request: Request = context["request"]
-    return str(request.url_for(name, **params).path)
+    values = {k: str(v) for k, v in params.items()}
+    if not all(_URL_SAFE.fullmatch(v) for v in values.values()):
+        return str(request.url_for(name, **params).path)
+    paths: dict[tuple[str, tuple[str, ...]], str] | None = getattr(request.state, "route_paths", None)
+    if paths is None:
+        paths = request.state.route_paths = {}
+    key = (name, tuple(sorted(values)))
+    if key not in paths:
+        paths[key] = str(request.url_for(name, **{k: f"gauntletparam{k}x" for k in key[1]}).path)
+    path = paths[key]
+    for k, v in values.items():
+        path = path.replace(f"gauntletparam{k}x", v)
+    return path
 
 
 def _api_router() -> APIRouter:
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(strict_query)])
-    for module in (peers, windows, scores, health):
+    for module in (peers, windows, scores, model, health):
         api.include_router(module.router)
     return api
 

@@ -16,7 +16,7 @@ from html import escape
 from markupsafe import Markup
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2")
-STATUS_COLORS = {"accepted": "#16a34a", "rejected": "#dc2626", "missing": "#9ca3af"}
+STATUS_COLORS = {"accepted": "#16a34a", "rejected": "#dc2626", "missing": "#9ca3af", "unevaluated": "#f59e0b"}
 PAD_L, PAD_R, PAD_T, PAD_B = 56, 12, 24, 28
 
 
@@ -139,18 +139,26 @@ def stacked_columns(
     col_w = iw / len(columns)
     body = [f'<text x="{PAD_L - 4}" y="{PAD_T + 4}" text-anchor="end" class="tick">{top}</text>',
             f'<text x="{PAD_L - 4}" y="{PAD_T + ih}" text-anchor="end" class="tick">0</text>']
+    # One group and one tooltip per column: at 200 windows x 4 statuses, a tooltip per segment
+    # would double the page.
     for i, (window, counts) in enumerate(columns):
         x, y = PAD_L + i * col_w, PAD_T + ih
+        rects = []
         for status, color in STATUS_COLORS.items():
             h = ih * counts.get(status, 0) / top
             if h > 0:
                 y -= h
-                body.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(col_w - 1, 0.5):.1f}" height="{h:.1f}" '
-                            f'fill="{color}"><title>window {window}: {counts.get(status, 0)} {status}</title></rect>')
+                rects.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(col_w - 1, 0.5):.1f}" height="{h:.1f}" '
+                             f'fill="{color}"/>')
+        if rects:
+            tip = ", ".join(f"{counts[s]} {s}" for s in STATUS_COLORS if counts.get(s))
+            body.append(f'<g><title>window {window}: {tip}</title>{"".join(rects)}</g>')
     for i in sorted({0, len(columns) // 2, len(columns) - 1}):
         body.append(f'<text x="{PAD_L + (i + 0.5) * col_w:.1f}" y="{height - 8}" text-anchor="middle" '
                     f'class="tick">{columns[i][0]}</text>')
-    lx = width - PAD_R
-    for i, (status, color) in enumerate(reversed(STATUS_COLORS.items())):
-        body.append(f'<text x="{lx - i * 90}" y="15" text-anchor="end" class="legend" fill="{color}">■ {status}</text>')
+    # Legend right-aligned, each entry as wide as its label (11 px bold is at most ~7 px a character).
+    lx = float(width - PAD_R)
+    for status, color in reversed(STATUS_COLORS.items()):
+        body.append(f'<text x="{lx:.0f}" y="15" text-anchor="end" class="legend" fill="{color}">■ {status}</text>')
+        lx -= 7 * (len(status) + 2) + 12
     return _frame(width, height, title, len(columns), body)

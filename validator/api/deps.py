@@ -23,6 +23,9 @@ from validator.db.repo import MAX_PAGE
 MAX_INT32 = 2**31 - 1
 MAX_OFFSET = 1_000_000
 MAX_UID = 65_535
+#: Most windows a chart or series may span: 256 peers x 1,000 windows is the sizing target.
+MAX_LAST = 1000
+DEFAULT_LAST = 200
 #: SS58 addresses: base58 (no 0, O, I, l), 40-60 characters (a 32-byte key is 47-48).
 SS58_PATTERN = r"^[1-9A-HJ-NP-Za-km-z]{40,60}$"
 
@@ -47,6 +50,7 @@ UidPath = Annotated[int, Path(ge=0, le=MAX_UID, description="Subnet uid.")]
 UidQuery = Annotated[int | None, Query(ge=0, le=MAX_UID, description="Subnet uid.")]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Page size (1-{MAX_PAGE}).")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip.")]
+Last = Annotated[int, Query(ge=1, le=MAX_LAST, description=f"How many of the most recent windows (1-{MAX_LAST}).")]
 
 
 _DECLARED: dict[int, frozenset[str]] = {}

@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 PeerStatus = Literal["active", "inactive", "banned", "deregistered"]
 WindowStatus = Literal["open", "scoring", "scored", "weights_set"]
-EvaluationStatus = Literal["accepted", "rejected", "missing"]
+EvaluationStatus = Literal["accepted", "rejected", "missing", "unevaluated"]
 
 
 class Public(BaseModel):
@@ -69,6 +69,34 @@ class Leaderboard(Page[LeaderboardEntry]):
     last_scored_window: int | None
 
 
+class ReceiptSetup(BaseModel):
+    """How an evaluated peer's Stage 2 ran: what, besides the public inputs, decides its numbers.
+
+    Served so that ``gauntlet audit`` needs no private state of the validator: it scores under
+    hyper-parameters and a page store with these digests, and states its tolerance from the device
+    class, dtype, evaluator and batch layout used here. Extra keys are kept (newer validators).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    spec_version: int
+    hparams_digest: str = Field(description="sha256 of the canonical hyper-parameters (validator.receipts).")
+    model: str = Field(description="Model preset (protocol.model.PRESETS).")
+    model_seed: int
+    data_digest: str | None = Field(description="Digest of the page store's manifest (protocol.pages.Manifest).")
+    seq_len: int
+    page_seqs: int
+    batch: str = Field(description="Which pages share a forward pass (the last float bits depend on it).")
+    eval_eta: float = Field(description="eval_step_scale x outer lr.")
+    size_rule: str = Field(description="scoring.eval_norm: cap or normalise (scoring.scale).")
+    eval_step: float = Field(description="The step applied: theta - eval_step x delta.")
+    step_factor: float | None = Field(description="eval_step / eval_eta: the size rule's factor for this delta.")
+    upload_url: str | None = Field(description="The committed store the upload was read from.")
+    device: str | None = Field(None, description="Device class of the evaluation (cpu, cuda, ...).")
+    dtype: str | None = Field(None, description="Parameter dtype of the evaluation.")
+    evaluator: str | None = Field(None, description="validator (in-process) or worker.")
+
+
 class Receipt(Public):
     """The score receipt of one peer in one window: everything needed to re-check its score."""
 
@@ -106,6 +134,7 @@ class Receipt(Public):
     final_score: float | None
     weight: float | None
     eval_seconds: float | None
+    setup: ReceiptSetup | None = Field(None, description="How Stage 2 ran (evaluated peers; None on older rows).")
     details: dict[str, Any]
 
 
@@ -215,9 +244,20 @@ def peer_public(peer: Peer, last_scored: int | None) -> PeerPublic:
     )
 
 
+def _split_setup(details: dict[str, Any] | None) -> tuple[ReceiptSetup | None, dict[str, Any]]:
+    """``details["setup"]`` as its typed model (None when absent or from an incompatible writer), the rest."""
+    rest = dict(details or {})
+    raw = rest.pop("setup", None)
+    try:
+        return (ReceiptSetup.model_validate(raw) if isinstance(raw, dict) else None), rest
+    except ValueError:
+        return None, rest
+
+
 def receipt(row: Evaluation, *, window_status: str) -> Receipt:
     """The public receipt; seed and random pages are withheld until the window is final."""
     final = window_status in FINAL_WINDOW_STATUSES
+    setup, details = _split_setup(row.details)
     return Receipt(
         window=row.window, window_final=final, hotkey=row.hotkey, uid=row.uid, status=row.status,  # type: ignore[arg-type]
         payload_hash=row.payload_hash, upload_bytes=row.upload_bytes, uploaded_at=_utc(row.uploaded_at),
@@ -233,7 +273,7 @@ def receipt(row: Evaluation, *, window_status: str) -> Receipt:
         bma_after=row.bma_after, sync_score=row.sync_score, rating_mu_before=row.rating_mu_before,
         rating_sigma_before=row.rating_sigma_before, rating_mu_after=row.rating_mu_after,
         rating_sigma_after=row.rating_sigma_after, final_score=row.final_score, weight=row.weight,
-        eval_seconds=row.eval_seconds, details=dict(row.details or {}),
+        eval_seconds=row.eval_seconds, setup=setup, details=details,
     )
 
 
@@ -261,3 +301,67 @@ def weight_set_public(row: WeightSet, hotkeys: dict[int, str]) -> WeightSetPubli
         tx_detail=row.tx_detail, set_at=_utc(row.set_at),
         weights=[WeightEntry(uid=u, hotkey=hotkeys.get(u), weight=w) for u, w in zip(row.uids, row.weights, strict=False)],
     )
+
+
+# --------------------------------------------------------------------------- chart series
+# Compact per-window series for charts (the dashboard's and anyone else's): oldest window first,
+# bounded by ``?last=N``, a few numbers per window instead of full receipts.
+
+
+class ModelLossPoint(Public):
+    """One window of the loss curve (the model hashes are in ``/windows``; kept out to keep this small)."""
+
+    window: int
+    status: WindowStatus
+    loss_before_random: float | None = Field(description="theta_W's mean loss on the window's random pages: the "
+                                             "shared 'before' of every evaluated receipt (None until one exists).")
+    publisher: str | None = Field(description="Whose aggregate made theta_{W+1} (None: undecided or a null window).")
+    num_evaluated: int
+
+
+class ModelLoss(Public):
+    """The global model's loss over the last ``last`` windows, oldest first."""
+
+    last: int = Field(ge=1)
+    items: list[ModelLossPoint]
+
+
+class WindowOutcome(Public):
+    window: int
+    status: WindowStatus
+    accepted: int = Field(ge=0)
+    rejected: int = Field(ge=0)
+    missing: int = Field(ge=0)
+    unevaluated: int = Field(ge=0, description="Passed Stage 1 but not evaluated in the time budget.")
+
+
+class WindowOutcomes(Public):
+    """Receipts per window by status over the last ``last`` windows, oldest first."""
+
+    last: int = Field(ge=1)
+    items: list[WindowOutcome]
+
+
+class ScorePoint(Public):
+    window: int
+    status: EvaluationStatus
+    final_score: float | None
+    weight: float | None
+    rating_mu_after: float | None
+    rating_sigma_after: float | None
+    loss_improvement_assigned: float | None
+    loss_improvement_random: float | None
+
+
+class PeerScores(Public):
+    """One peer's score and weight over its last ``last`` receipts, oldest first."""
+
+    hotkey: str
+    last: int = Field(ge=1)
+    items: list[ScorePoint]
+
+
+def window_outcome(window: int, status: str, counts: dict[str, int]) -> WindowOutcome:
+    return WindowOutcome(window=window, status=status, accepted=counts.get("accepted", 0),  # type: ignore[arg-type]
+                         rejected=counts.get("rejected", 0), missing=counts.get("missing", 0),
+                         unevaluated=counts.get("unevaluated", 0))

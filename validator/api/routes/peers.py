@@ -1,12 +1,31 @@
-"""``/api/v1/peers``: current state of peers, one peer, and a peer's receipts over windows."""
+"""``/api/v1/peers``: current state of peers, one peer, its receipts and its score series over windows."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
 from validator.api import queries
-from validator.api.deps import HotkeyPath, HotkeyQuery, Limit, Offset, SessionDep, UidPath, UidQuery
-from validator.api.schemas import ErrorDetail, Page, PeerPublic, Receipt, peer_public, receipt
+from validator.api.deps import (
+    DEFAULT_LAST,
+    HotkeyPath,
+    HotkeyQuery,
+    Last,
+    Limit,
+    Offset,
+    SessionDep,
+    UidPath,
+    UidQuery,
+)
+from validator.api.schemas import (
+    ErrorDetail,
+    Page,
+    PeerPublic,
+    PeerScores,
+    Receipt,
+    ScorePoint,
+    peer_public,
+    receipt,
+)
 from validator.db import repo
 
 router = APIRouter(prefix="/peers", tags=["peers"])
@@ -49,3 +68,12 @@ def peer_history(session: SessionDep, hotkey: HotkeyPath, limit: Limit = 50, off
     items = [receipt(r, window_status=statuses.get(r.window, "open")) for r in rows]
     total = queries.count_peer_history(session, hotkey=hotkey)
     return Page(total=total, limit=limit, offset=offset, items=items)
+
+
+@router.get("/{hotkey}/scores", response_model=PeerScores, responses=NOT_FOUND)
+def peer_scores(session: SessionDep, hotkey: HotkeyPath, last: Last = DEFAULT_LAST) -> PeerScores:
+    """The peer's score, weight and rating over its last ``last`` receipts, oldest first (for charts)."""
+    if repo.peer(session, hotkey=hotkey) is None:
+        raise HTTPException(404, f"unknown peer {hotkey}")
+    rows = queries.peer_scores(session, hotkey=hotkey, last=last)
+    return PeerScores(hotkey=hotkey, last=last, items=[ScorePoint.model_validate(r) for r in rows])

@@ -1,20 +1,23 @@
-"""``/api/v1/windows``: the window list, one window's summary, and its score receipts."""
+"""``/api/v1/windows``: the window list, outcomes per window, one window's summary, and its score receipts."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
 
-from validator.api.deps import HotkeyQuery, Limit, Offset, SessionDep, WindowPath
+from validator.api import queries
+from validator.api.deps import DEFAULT_LAST, HotkeyQuery, Last, Limit, Offset, SessionDep, WindowPath
 from validator.api.schemas import (
     ErrorDetail,
     EvaluationStatus,
     Page,
     ReasonCount,
     Receipt,
+    WindowOutcomes,
     WindowPublic,
     WindowStatus,
     WindowSummary,
     receipt,
+    window_outcome,
     window_public,
 )
 from validator.db import repo
@@ -39,6 +42,14 @@ def list_windows(
     rows = repo.windows(session, limit=limit, offset=offset, status=status)
     total = repo.count_windows(session, status=status)
     return Page(total=total, limit=limit, offset=offset, items=[window_public(w) for w in rows])
+
+
+# Declared before ``/{window}`` so that "outcomes" is never tried as a window number.
+@router.get("/outcomes", response_model=WindowOutcomes)
+def window_outcomes(session: SessionDep, last: Last = DEFAULT_LAST) -> WindowOutcomes:
+    """Receipts per window counted by status (accepted, rejected, missing, unevaluated), oldest first."""
+    rows = queries.window_outcomes(session, last=last)
+    return WindowOutcomes(last=last, items=[window_outcome(w, s, c) for w, s, c in rows])
 
 
 @router.get("/{window}", response_model=WindowSummary, responses=NOT_FOUND)
