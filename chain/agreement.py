@@ -15,6 +15,15 @@ import numpy as np
 
 from chain.yuma import KAPPA, stake_weighted_consensus
 
+__all__ = [
+    "Agreement",
+    "pairwise_agreement",
+    "spearman",
+    "validator_trust",
+    "weight_overlap",
+    "weight_vector",
+]
+
 
 def _ranks(x: np.ndarray) -> np.ndarray:
     """Ranks from 1, ties sharing their average rank."""

@@ -15,6 +15,24 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+__all__ = [
+    "Chain",
+    "ChainError",
+    "ChainTimeoutError",
+    "ChainUnavailableError",
+    "InvalidWeightsError",
+    "Metagraph",
+    "NoValidatorPermitError",
+    "NotRegisteredError",
+    "RateLimitedError",
+    "SubnetFullError",
+    "SubnetNotFoundError",
+    "WalletError",
+    "coldkey_address",
+    "hotkey_address",
+    "seconds_per_block",
+]
+
 #: Subtensor's target block time; used only when the chain cannot be asked.
 NOMINAL_BLOCK_TIME_S = 12.0
 #: How far back :func:`seconds_per_block` measures: far enough to average out a late block,

@@ -51,6 +51,11 @@ from chain.base import (
 )
 from chain.yuma import yuma
 
+__all__ = [
+    "LocalChain",
+    "LocalParams",
+]
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS params (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS subnets (

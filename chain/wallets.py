@@ -15,6 +15,15 @@ from typing import Any
 
 from chain.base import WalletError
 
+__all__ = [
+    "create_wallet",
+    "default_wallet_path",
+    "list_wallets",
+    "load_hotkey",
+    "load_wallet",
+    "unlock_coldkey",
+]
+
 
 def default_wallet_path() -> Path:
     return Path.home() / ".bittensor" / "wallets"

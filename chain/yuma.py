@@ -32,6 +32,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = [
+    "YumaResult",
+    "stake_weighted_consensus",
+    "yuma",
+]
+
 KAPPA = 0.5
 BOND_ALPHA = 0.1
 MINER_SHARE = 0.41

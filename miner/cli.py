@@ -6,7 +6,9 @@ Start-up failures (wallet, chain, storage, registration) print one clear line an
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -41,9 +43,12 @@ def run(
     from miner import distributed as mdist
     from miner.setup import MinerSetupError
 
+    request = MinerRequest(config=config, hparams=hparams, wallet_name=wallet_name, hotkey=hotkey,
+                           wallet_path=wallet_path, chain=chain, storage=storage, netuid=netuid, register=register,
+                           device=device, windows=windows, metrics_port=metrics_port, state_dir=state_dir,
+                           mode=mode, targets=split_targets(target), inner_steps=inner_steps)
     try:
-        miner, info = _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, netuid, register,
-                             device, windows, metrics_port, state_dir, mode, split_targets(target), inner_steps)
+        miner, info = _build(request)
     except MinerSetupError as exc:
         typer.echo(f"gauntlet miner: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -60,14 +65,62 @@ def split_targets(values: list[str] | None) -> list[str]:
     return [t.strip() for v in values or () for t in v.split(",") if t.strip()]
 
 
-def _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, netuid, register,
-           device, windows, metrics_port, state_dir, mode="honest", targets=None, inner_steps=None):
+@dataclass(frozen=True)
+class MinerRequest:
+    """What ``gauntlet miner run`` was asked for: flags as given (``None``: take the settings)."""
+
+    config: Path | None = None
+    hparams: Path | None = None
+    wallet_name: str | None = None
+    hotkey: str | None = None
+    wallet_path: Path | None = None
+    chain: str | None = None
+    storage: str | None = None
+    netuid: int | None = None
+    register: bool = False
+    device: str = "cpu"
+    windows: int | None = None
+    metrics_port: int | None = None
+    state_dir: Path | None = None
+    mode: str = "honest"
+    targets: list[str] = field(default_factory=list)
+    inner_steps: int | None = None
+
+
+def _configure(req: MinerRequest) -> tuple[Any, Any]:
+    """Settings and hyper-parameters for ``req``; any problem is a :class:`MinerSetupError`."""
     import logging
 
+    from miner.modes import resolve
+    from miner.setup import MinerSetupError
+    from protocol.hparams import HParamsError, load_hparams
+    from protocol.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(req.config, hparams=req.hparams, wallet_name=req.wallet_name,
+                                 wallet_hotkey=req.hotkey, wallet_path=req.wallet_path, chain=req.chain,
+                                 storage=req.storage, netuid=req.netuid, metrics_port=req.metrics_port)
+        hp = load_hparams(settings.hparams)
+        resolve(req.mode)
+        if req.inner_steps is not None:
+            hp = hp.override(**{"inner.steps": req.inner_steps})
+    except (SettingsError, HParamsError, ValueError) as exc:
+        raise MinerSetupError(str(exc)) from None
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if req.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MinerSetupError("--device cuda requested but no CUDA device is available")
+    return settings, hp
+
+
+def _build(req: MinerRequest) -> tuple[Any, Any]:
+    """The miner and its distributed info: configure, connect, register (main rank only), assemble."""
     from miner import distributed as mdist
     from miner.loop import MinerOptions
     from miner.metrics import MinerMetrics
-    from miner.modes import build_miner, resolve
+    from miner.modes import build_miner
     from miner.setup import (
         MinerSetupError,
         connect_chain,
@@ -77,46 +130,28 @@ def _build(config, hparams, wallet_name, hotkey, wallet_path, chain, storage, ne
         load_registering_wallet,
         publish_commitment,
     )
-    from protocol.hparams import HParamsError, load_hparams
     from protocol.pages import default_store
-    from protocol.settings import SettingsError, load_settings
 
-    try:
-        settings = load_settings(config, hparams=hparams, wallet_name=wallet_name, wallet_hotkey=hotkey,
-                                 wallet_path=wallet_path, chain=chain, storage=storage, netuid=netuid,
-                                 metrics_port=metrics_port)
-        hp = load_hparams(settings.hparams)
-        resolve(mode)
-        if inner_steps is not None:
-            hp = hp.override(**{"inner.steps": inner_steps})
-    except (SettingsError, HParamsError, ValueError) as exc:
-        raise MinerSetupError(str(exc)) from None
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise MinerSetupError("--device cuda requested but no CUDA device is available")
-    info = mdist.init_from_env(device)
+    settings, hp = _configure(req)
+    info = mdist.init_from_env(req.device)
     keypair = load_keypair(settings.wallet_path, settings.wallet_name, settings.wallet_hotkey)
     chain_ = connect_chain(settings.chain_url)
     storage_ = connect_storage(settings.storage_url)
     metrics = MinerMetrics()
     if info.is_main:
         wallet = (load_registering_wallet(settings.wallet_path, settings.wallet_name, settings.wallet_hotkey)
-                  if register else None)
-        ensure_registered(chain_, keypair, settings.netuid, register, wallet=wallet)
+                  if req.register else None)
+        ensure_registered(chain_, keypair, settings.netuid, req.register, wallet=wallet)
         publish_commitment(chain_, keypair, settings.netuid, settings.storage_url)
         metrics.serve(settings.metrics_port)
     mdist.barrier(info)
-    pages = default_store(settings.home, hp.data)
     options = MinerOptions(
-        netuid=settings.netuid, storage_url=settings.storage_url, device=device, max_windows=windows,
-        state_dir=state_dir or settings.home / "miner" / keypair.ss58_address,
+        netuid=settings.netuid, storage_url=settings.storage_url, device=req.device, max_windows=req.windows,
+        state_dir=req.state_dir or settings.home / "miner" / keypair.ss58_address,
     )
     try:
-        miner = build_miner(mode, hp, chain_, keypair, options, pages=pages, storage=storage_, metrics=metrics,
-                            dist=info, targets=targets)
+        miner = build_miner(req.mode, hp, chain_, keypair, options, pages=default_store(settings.home, hp.data),
+                            storage=storage_, metrics=metrics, dist=info, targets=req.targets)
     except ValueError as exc:
         raise MinerSetupError(str(exc)) from None
     return miner, info

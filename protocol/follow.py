@@ -55,6 +55,24 @@ from protocol.storage import (
 from protocol.sync import AggregateMeta, SyncError, pack_aggregate, parse_aggregate
 from protocol.windows import window_bounds, window_of
 
+__all__ = [
+    "ChainView",
+    "Decision",
+    "FollowStatus",
+    "Follower",
+    "OwnStore",
+    "Proposal",
+    "ValidatorInfo",
+    "decide",
+    "declared_validators",
+    "failover_order",
+    "publish_deadline",
+    "rank_validators",
+    "store_opener",
+    "validator_commitment",
+    "validator_url",
+]
+
 log = logging.getLogger(__name__)
 
 VALIDATOR_PREFIX = "validator:"

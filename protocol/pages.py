@@ -46,6 +46,22 @@ from tokenizers import Tokenizer
 from protocol.hparams import DataParams
 from protocol.tokenizer import encode_documents, eos_id, load_tokenizer, save_tokenizer, tokenizer_hash
 
+__all__ = [
+    "Manifest",
+    "PageStore",
+    "PageStoreError",
+    "ShardInfo",
+    "assigned_pages",
+    "build_page_store",
+    "default_store",
+    "default_store_key",
+    "derive_seed",
+    "heldout_count",
+    "random_eval_pages",
+    "training_count",
+    "window_secret",
+]
+
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 TOKENIZER_NAME = "tokenizer.json"

@@ -58,6 +58,7 @@ __all__ = [
     "fsync_dir",
     "parse_delta_key",
     "parse_s3_url",
+    "proposal_key",
     "validate_hotkey",
     "validate_key",
     "validate_prefix",

@@ -19,6 +19,15 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+__all__ = [
+    "encode_documents",
+    "eos_id",
+    "load_tokenizer",
+    "save_tokenizer",
+    "tokenizer_hash",
+    "train_tokenizer",
+]
+
 EOS = "<|endoftext|>"
 ASSETS = Path(__file__).with_name("assets")
 DEFAULT_VOCAB_SIZE = 4096

@@ -12,6 +12,14 @@ from dataclasses import dataclass
 
 from protocol.hparams import WindowParams
 
+__all__ = [
+    "Window",
+    "is_on_time",
+    "upload_deadline",
+    "window_bounds",
+    "window_of",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class Window:

@@ -42,6 +42,7 @@ __all__ = [
     "REASONS",
     "DeltaMeta",
     "ParsedDelta",
+    "Signer",
     "WireError",
     "pack_delta",
     "parse_delta",

@@ -16,7 +16,7 @@ The version key is the spec version.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -26,6 +26,9 @@ from validator import metrics
 from validator.db import repo, weight_repo
 from validator.db.models import Peer, WeightSet
 
+if TYPE_CHECKING:  # window.py imports this module's callers; a runtime import would be circular
+    from validator.window import ValidatorContext
+
 log = logging.getLogger(__name__)
 
 
@@ -34,7 +37,7 @@ def due(window: int, every: int) -> bool:
     return (window + 1) % every == 0
 
 
-def weights_from_scores(ctx: Any) -> tuple[list[int], list[float]]:
+def weights_from_scores(ctx: ValidatorContext) -> tuple[list[int], list[float]]:
     """Current scores of registered peers -> (uids, normalised weights) via ``scoring.weights``."""
     from scoring.weights import compute_weights
     from validator.window import miner_hotkeys
@@ -48,7 +51,7 @@ def weights_from_scores(ctx: Any) -> tuple[list[int], list[float]]:
     return uids, [float(weights[u]) for u in uids]
 
 
-def warming_up(ctx: Any, window: int) -> bool:
+def warming_up(ctx: ValidatorContext, window: int) -> bool:
     """True while a validator that joined a running subnet has scored fewer than ``warmup_windows``."""
     genesis = ctx.model.genesis_window if ctx.model is not None else None
     with ctx.sessions() as s:
@@ -62,7 +65,7 @@ def warming_up(ctx: Any, window: int) -> bool:
     return True
 
 
-def maybe_set_weights(ctx: Any, window: int) -> bool:
+def maybe_set_weights(ctx: ValidatorContext, window: int) -> bool:
     """Set weights for ``window`` if due, leader and not yet claimed; True if an extrinsic was sent."""
     if not due(window, ctx.hp.weights.set_every_windows) or warming_up(ctx, window) or not ctx.is_leader():
         return False
@@ -78,7 +81,7 @@ def maybe_set_weights(ctx: Any, window: int) -> bool:
     return _send(ctx, window, uids, weights, version)
 
 
-def _send(ctx: Any, window: int, uids: list[int], weights: list[float], version: int) -> bool:
+def _send(ctx: ValidatorContext, window: int, uids: list[int], weights: list[float], version: int) -> bool:
     """Send a claimed weight set and record the outcome; True on success."""
     try:
         ctx.chain.set_weights(ctx.keypair, ctx.netuid, uids, weights, version)
@@ -90,13 +93,13 @@ def _send(ctx: Any, window: int, uids: list[int], weights: list[float], version:
     return status == "success"
 
 
-def _mark(ctx: Any, window: int, status: str, detail: str | None) -> None:
+def _mark(ctx: ValidatorContext, window: int, status: str, detail: str | None) -> None:
     with ctx.sessions() as s:
         weight_repo.update_weight_set(s, window=window, tx_status=status, tx_detail=detail, block=ctx.chain.block())
     metrics.WEIGHTS_SET.labels(outcome=status).inc()
 
 
-def resend_unsent(ctx: Any) -> bool:
+def resend_unsent(ctx: ValidatorContext) -> bool:
     """Finish weight sets claimed but never marked (a crash between claim and send); True if one was sent."""
     if not ctx.is_leader():
         return False
@@ -124,7 +127,7 @@ def resend_unsent(ctx: Any) -> bool:
     return _send(ctx, window, uids, weights, version)
 
 
-def applied_on_chain(ctx: Any, uids: list[int], weights: list[float], claimed_block: int | None) -> bool:
+def applied_on_chain(ctx: ValidatorContext, uids: list[int], weights: list[float], claimed_block: int | None) -> bool:
     """Whether this validator's weights on chain are the claimed set, sent before a crash.
 
     The claim's block tells: an update of this hotkey after it can only be this set (the chain

@@ -92,3 +92,30 @@ def test_no_file_over_600_lines() -> None:
                 offenders[str(path.relative_to(ROOT))] = n
     print("\n".join(f"{path}: {n} lines" for path, n in offenders.items()))
     assert not offenders, f"files over {MAX_LINES} lines: {offenders}"
+
+
+#: Most functions fit on a screen: the 95th percentile of function lengths in production code.
+P95_FUNCTION_LINES = 30
+
+
+def test_functions_stay_short() -> None:
+    """p95 of function lengths <= 30 lines (issue 14): long functions are where untested branches hide."""
+    lengths = sorted(
+        node.end_lineno - node.lineno + 1  # type: ignore[operator]
+        for pkg in PRODUCTION for path in (ROOT / pkg).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    )
+    p95 = lengths[int(0.95 * (len(lengths) - 1))]
+    assert p95 <= P95_FUNCTION_LINES, f"p95 function length {p95} lines over {len(lengths)} functions"
+
+
+def test_validator_context_is_typed() -> None:
+    """Every field of the validator's context has a real type: no ``Any`` seams (issue 14)."""
+    import typing
+
+    from validator.window import ValidatorContext
+
+    hints = typing.get_type_hints(ValidatorContext)
+    untyped = [name for name, hint in hints.items() if hint is typing.Any or "Any" in str(hint).split("[")[0]]
+    assert not untyped, f"ValidatorContext fields typed Any: {untyped}"

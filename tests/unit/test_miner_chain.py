@@ -83,8 +83,9 @@ def test_miner_run_register_signs_with_the_wallet_coldkey(tmp_path: Path, monkey
     monkeypatch.setattr(setup, "connect_storage", lambda url: None)
     monkeypatch.setattr(setup, "publish_commitment", stop)
     with pytest.raises(Registered):
-        cli._build(None, None, "m", "h", tmp_path / "wallets", "ws://127.0.0.1:9944", f"file://{tmp_path / 's'}",
-                   1, True, "cpu", 1, None, tmp_path / "state")
+        cli._build(cli.MinerRequest(wallet_name="m", hotkey="h", wallet_path=tmp_path / "wallets",
+                                    chain="ws://127.0.0.1:9944", storage=f"file://{tmp_path / 's'}", netuid=1,
+                                    register=True, windows=1, state_dir=tmp_path / "state"))
     [(module, function, params, signer)] = fake.signed
     assert (module, function) == ("SubtensorModule", "burned_register")
     assert signer == wallet.coldkeypub.ss58_address
