@@ -17,8 +17,10 @@ from chain.yuma import KAPPA, stake_weighted_consensus
 
 __all__ = [
     "Agreement",
+    "ValidatorStanding",
     "pairwise_agreement",
     "spearman",
+    "standings",
     "validator_trust",
     "weight_overlap",
     "weight_vector",
@@ -111,3 +113,41 @@ def pairwise_agreement(weights: Mapping[str, Mapping[int, Mapping[int, float]]],
                 va, vb = weight_vector(weights[a][epoch], uids), weight_vector(weights[b][epoch], uids)
                 out.append(Agreement(epoch, a, b, spearman(va, vb), weight_overlap(va, vb)))
     return out
+
+
+class ValidatorStanding(NamedTuple):
+    """One validator as the chain shows it: stake, Yuma trust, and agreement with a reference validator."""
+
+    hotkey: str
+    uid: int
+    stake: float
+    has_weights: bool
+    validator_trust: float | None
+    overlap: float | None  # weight_overlap with the reference validator's row (None: either has none)
+    rho: float | None  # spearman with the reference validator's row
+
+
+def standings(uids: Sequence[int], hotkeys: Sequence[str], stakes: Sequence[float],
+              onchain: Mapping[int, Mapping[int, float]], validators: set[str], reference: str | None
+              ) -> list[ValidatorStanding]:
+    """Every declared validator on the metagraph, highest stake first, measured over the miners' uids.
+
+    ``onchain`` is the chain's weights (validator uid -> {uid: weight}); ``reference`` the hotkey the
+    overlap and rho are taken against (the validator asking).
+    """
+    uid_of = {hk: uid for uid, hk in zip(uids, hotkeys, strict=True)}
+    stake_of = {uid: float(st) for uid, st in zip(uids, stakes, strict=True)}
+    vuids = {hk: uid_of[hk] for hk in validators if hk in uid_of}
+    miners = [u for u in uids if u not in set(vuids.values())]
+    rows = {uid: weight_vector(onchain[uid], miners) for uid in vuids.values() if onchain.get(uid)}
+    trust = validator_trust(rows, stake_of)
+    ref = rows.get(vuids[reference]) if reference in vuids else None
+    out = []
+    for hk, uid in sorted(vuids.items(), key=lambda kv: (-stake_of[kv[1]], kv[0])):
+        row = rows.get(uid)
+        both = row is not None and ref is not None
+        out.append(ValidatorStanding(hk, uid, stake_of[uid], row is not None, trust.get(uid),
+                                     weight_overlap(ref, row) if both else None,
+                                     spearman(ref, row) if both else None))
+    return out
+

@@ -155,19 +155,16 @@ class Validators:
 
     def agreement(self, chain: Any, netuid: int) -> tuple[dict[str, float], dict[str, float]]:
         """(validator trust, lowest Spearman against another validator), from the weights now on chain."""
-        from chain.agreement import spearman, validator_trust, weight_vector
+        from chain.agreement import standings
 
-        mg = chain.metagraph(netuid)
-        uid_of = {hk: uid for uid, hk in zip(mg.uids, mg.hotkeys, strict=True)}
-        vuids = {name: uid_of[hk] for name, hk in self.hotkeys.items() if hk in uid_of}
-        miners = [u for u in mg.uids if u not in vuids.values()]
-        onchain = chain.weights(netuid)
-        rows = {vuids[n]: weight_vector(onchain[vuids[n]], miners) for n in vuids if onchain.get(vuids[n])}
-        stake = {uid: float(mg.stakes[i]) for i, uid in enumerate(mg.uids)}
-        trust = validator_trust(rows, stake)
-        names = {uid: n for n, uid in vuids.items()}
-        rho = {names[a]: min((spearman(rows[a], rows[b]) for b in rows if b != a), default=1.0) for a in rows}
-        return {names[u]: t for u, t in trust.items()}, rho
+        mg, onchain = chain.metagraph(netuid), chain.weights(netuid)
+        names, ours = self._names(), set(self.hotkeys.values())
+        per_ref = {hk: standings(mg.uids, mg.hotkeys, mg.stakes, onchain, ours, hk) for hk in ours}
+        trust = {names[r.hotkey]: r.validator_trust for rows in per_ref.values() for r in rows
+                 if r.validator_trust is not None}
+        rho = {names[hk]: min((r.rho for r in rows if r.hotkey != hk and r.rho is not None), default=1.0)
+               for hk, rows in per_ref.items() if any(r.hotkey == hk and r.has_weights for r in rows)}
+        return trust, rho
 
     def format(self, chain: Any, netuid: int) -> str:
         reads = {n.name: self._read(n.name) for n in self.nodes}

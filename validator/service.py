@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.windows import window_bounds, window_of
-from validator import metrics
+from validator import agreement, metrics
 from validator.db import repo
 from validator.setweights import maybe_set_weights, resend_unsent
 from validator.window import (
@@ -141,6 +141,7 @@ def run_pass(ctx: ValidatorContext, cfg: LoopConfig, limit: int | None = None) -
             log.info("window %d waits: %s", window, exc)
             break
         maybe_set_weights(ctx, window)
+        agreement.record(ctx, window)
     return reports
 
 

@@ -165,6 +165,12 @@ def _record_follow(s: Session, filled: Filled, *, seed: int) -> None:
     repo.record_run_config(s, config={"fixture": True}, version="test", hotkey=filled.validator)
     repo.record_follow_status(s, FollowStatus("following", filled.open_window, "ab" * 32, filled.failover_to, "",
                                               failovers=1, null_windows=1))
+    # The validators on chain after the last scored window: this one and the one it failed over to.
+    repo.record_agreement(s, window=windows[-1], agreement={"block": 1234, "validators": [
+        {"hotkey": filled.failover_to, "uid": 901, "stake": 1000.0, "has_weights": True, "validator_trust": 0.98,
+         "overlap": 0.91, "rho": 0.95},
+        {"hotkey": filled.validator, "uid": 900, "stake": 700.0, "has_weights": True, "validator_trust": 0.93,
+         "overlap": 1.0, "rho": 1.0}]})
 
 
 def filled_database(url: str, **kwargs: Any) -> Filled:

@@ -104,6 +104,10 @@ def test_full_window_end_to_end(tmp_path: Path, pg_schema_url: str) -> None:  # 
         assert e.estimate is not None and e.random_seed_hex == window.random_seed_hex
         assert e.base_model_hash == window.base_model_hash and e.assigned_page_ids
     assert window.status in ("scored", "weights_set") and window.aggregate_hash
+    # After the window, the validators' standing on chain: this one alone, its weights its own.
+    [me] = window.agreement["validators"]
+    assert me["hotkey"] == ctx.hotkey and me["has_weights"] and me["overlap"] == pytest.approx(1.0)
+    assert me["validator_trust"] == pytest.approx(1.0)
 
     # The published aggregate takes a fresh node from theta_0 to the validator's theta_1.
     synced = sync_global_model(None, 1, hp=HP, storage=ctx.own_storage, owner=ctx.hotkey)

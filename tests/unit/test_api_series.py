@@ -128,7 +128,7 @@ def test_front_page_charts_the_model_loss_outcomes_and_follow_state(client: Test
     assert "following" in follow and filled.failover_to is not None and filled.failover_to[:6] in follow
     assert "failovers <b>1</b>" in follow and "null windows <b>1</b>" in follow
     assert "(this validator)" in follow and "unbroken" in follow and "chain" in follow
-    assert "needs the chain" in follow  # says what it cannot show
+    assert "Validators on chain after window" in follow  # agreement, measured by the validator
     tail = client.get("/", params={"last": 3}).text
     assert _chart(tail, "Global model loss") == 2 and _chart(tail, "Receipts per window") == 3
 
@@ -158,3 +158,22 @@ def test_follow_view_counts_publishers_and_finds_breaks_in_the_hash_chain() -> N
     assert view.publishers == [("A", 2), ("B", 1)] and view.null_windows == 1 and view.undecided == 1
     assert view.chain_breaks == [2]  # theta_3 computed in window 2 is not what window 3 scored; 4 -> 6 is a gap
     assert follow_view([], None, None).windows == 0
+
+
+def test_validators_endpoint_and_front_page_show_the_agreement_on_chain(client: TestClient, filled: Filled) -> None:
+    body = client.get("/api/v1/validators").json()
+    assert body["window"] == filled.scored_windows[-1] and body["block"] == 1234
+    assert [v["hotkey"] for v in body["validators"]] == [filled.failover_to, filled.validator]
+    assert body["validators"][0]["overlap"] == 0.91
+    html = client.get("/").text
+    table = html[html.index('<table id="validators">'):]
+    table = table[:table.index("</table>")]
+    assert "0.980" in table and "0.910" in table and "(this validator)" in table
+
+
+def test_validators_endpoint_is_empty_before_a_measurement(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    filled_database(url)
+    with TestClient(create_app(url)) as c:
+        assert c.get("/api/v1/validators").json() == {"window": None, "block": None, "validators": []}
+        assert "No agreement with other validators measured yet" in c.get("/").text

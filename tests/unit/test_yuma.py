@@ -125,3 +125,37 @@ def test_weight_overlap_is_shared_mass_and_not_moved_by_a_near_zero_miner() -> N
     assert weight_overlap([0, 0], [0, 0]) == 1.0 and weight_overlap([0, 0], [0, 1]) == 0.0
     pairs = pairwise_agreement({"v1": {5: {3: 1.0, 4: 1.0}}, "v2": {5: {3: 1.0}, 6: {4: 1.0}}}, [3, 4])
     assert [(p.epoch, p.a, p.b, p.overlap) for p in pairs] == [(5, "v1", "v2", 0.5)]
+
+
+def test_standings_rank_validators_by_stake_and_measure_against_the_reference() -> None:
+    from chain.agreement import standings
+
+    uids, hotkeys, stakes = [0, 1, 2, 3, 4, 5], ["v1", "v2", "v3", "m1", "m2", "m3"], [1000, 700, 500, 0, 0, 0]
+    onchain = {0: {3: 0.6, 4: 0.4}, 1: {3: 0.5, 4: 0.5}, 2: {5: 1.0}}
+    rows = standings(uids, hotkeys, stakes, onchain, {"v1", "v2", "v3", "gone"}, reference="v1")
+    assert [r.hotkey for r in rows] == ["v1", "v2", "v3"]  # highest stake first; an unregistered one dropped
+    v1, v2, v3 = rows
+    assert v1.overlap == pytest.approx(1.0) and v1.rho == pytest.approx(1.0)
+    assert v2.overlap == pytest.approx(0.9)  # min(0.6, 0.5) + min(0.4, 0.5)
+    assert v3.overlap == 0.0 and v3.validator_trust == pytest.approx(0.0)  # a minority's favourite is clipped
+    assert v1.validator_trust == pytest.approx(1.0, abs=0.11)
+    quiet = standings(uids, hotkeys, stakes, {0: {3: 1.0}}, {"v1", "v2"}, reference="v2")
+    assert [(r.has_weights, r.overlap) for r in quiet] == [(True, None), (False, None)]
+
+
+def test_localnet_view_agreement_reads_trust_and_lowest_rho(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from gauntlet.localnet_view import Validators
+
+    mg = SimpleNamespace(uids=[0, 1, 2, 3, 4], hotkeys=["a", "b", "c", "m1", "m2"], stakes=[1000, 700, 500, 0, 0])
+    weights = {0: {3: 0.7, 4: 0.3}, 1: {3: 0.6, 4: 0.4}, 2: {3: 0.2, 4: 0.8}}
+    chain = SimpleNamespace(metagraph=lambda netuid: mg, weights=lambda netuid: weights)
+    nodes = [SimpleNamespace(name=n, db_url=f"sqlite:///{tmp_path / n}.db") for n in ("validator", "v2", "v3")]
+    view = Validators(nodes, {"validator": "a", "v2": "b", "v3": "c"})
+    try:
+        trust, rho = view.agreement(chain, 1)
+    finally:
+        view.close()
+    assert trust["validator"] > 0.85 > 0.7 > trust["v3"]  # v3 favours what the stake majority does not
+    assert rho == {"validator": -1.0, "v2": -1.0, "v3": -1.0}  # each one's lowest: against the other side

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from validator.api.cache import CacheMiddleware, ResponseCache
 from validator.api.deps import strict_query
 from validator.api.metrics import ApiMetrics, MetricsMiddleware, RouteLabels
-from validator.api.routes import dashboard, health, model, peers, scores, windows
+from validator.api.routes import dashboard, health, model, peers, scores, validators, windows
 from validator.db import repo
 from validator.db.session import make_engine, session_factory
 
@@ -78,7 +78,7 @@ def _path_for(context: Any, name: str, /, **params: Any) -> str:
 
 def _api_router() -> APIRouter:
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(strict_query)])
-    for module in (peers, windows, scores, model, health):
+    for module in (peers, windows, scores, model, validators, health):
         api.include_router(module.router)
     return api
 

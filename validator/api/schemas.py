@@ -365,3 +365,23 @@ def window_outcome(window: int, status: str, counts: dict[str, int]) -> WindowOu
     return WindowOutcome(window=window, status=status, accepted=counts.get("accepted", 0),  # type: ignore[arg-type]
                          rejected=counts.get("rejected", 0), missing=counts.get("missing", 0),
                          unevaluated=counts.get("unevaluated", 0))
+
+
+class ValidatorStandingPublic(Public):
+    """One validator on chain as this validator measured it after a window (``validator.agreement``)."""
+
+    hotkey: str
+    uid: int
+    stake: float
+    has_weights: bool
+    validator_trust: float | None = Field(description="Share of its weight under the stake-weighted consensus.")
+    overlap: float | None = Field(description="Weight it gives the same miners as this validator (0-1).")
+    rho: float | None = Field(description="Spearman rank correlation with this validator's weights.")
+
+
+class Agreement(Public):
+    """The newest measurement: ``window`` after which it was taken, the chain ``block``, every validator."""
+
+    window: int | None
+    block: int | None
+    validators: list[ValidatorStandingPublic]

@@ -92,6 +92,9 @@ class Window(Base):
     next_model_hash: Mapped[str | None] = mapped_column(sa.String(128))
     num_submitted: Mapped[int] = mapped_column(default=0, server_default="0")
     num_evaluated: Mapped[int] = mapped_column(default=0, server_default="0")
+    # How the validators' weights on chain agreed after this window (validator.agreement): one
+    # entry per declared validator, measured against this validator's own row. None: not measured.
+    agreement: Mapped[dict[str, Any] | None]
     # Lets the ORM order inserts (window before its receipts); load explicitly in the API.
     evaluations: Mapped[list[Evaluation]] = relationship(back_populates="window_row", passive_deletes=True)
 

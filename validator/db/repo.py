@@ -351,6 +351,19 @@ def window_counts(session: Session, *, window: int) -> dict[str, int]:
     return {str(s): int(n) for s, n in session.execute(stmt)}
 
 
+def record_agreement(session: Session, *, window: int, agreement: dict[str, Any]) -> None:
+    """Store how the validators' weights agreed after ``window`` (``validator.agreement``); commit."""
+    _committed(session, lambda: session.execute(
+        sa.update(Window).where(Window.window == window).values(agreement=agreement)))
+
+
+def latest_agreement(session: Session) -> tuple[int, dict[str, Any]] | None:
+    """The newest window with an agreement measured, and that measurement."""
+    row = session.execute(sa.select(Window.window, Window.agreement).where(Window.agreement.is_not(None))
+                          .order_by(Window.window.desc()).limit(1)).first()
+    return (row[0], row[1]) if row is not None else None
+
+
 def last_scored_window(session: Session) -> int | None:
     """The highest window whose scoring is final, or None."""
     stmt = sa.select(sa.func.max(Window.window)).where(Window.status.in_(FINAL_WINDOW_STATUSES))

@@ -23,6 +23,7 @@ from fastapi.templating import Jinja2Templates
 
 from validator.api import charts, queries
 from validator.api.deps import DEFAULT_LAST, HotkeyPath, Last, SessionDep, WindowPath
+from validator.api.routes import validators
 from validator.api.schemas import FollowPublic, follow_public, peer_public, receipt, window_public
 from validator.db import repo, weight_repo
 
@@ -48,10 +49,10 @@ def _not_found(request: Request, message: str) -> HTMLResponse:
 class FollowView:
     """Whom this validator follows, and what its own window rows say about the shared history.
 
-    Agreement with *other* validators would need their weights from the chain, which the API
-    does not read; what is shown is what this validator knows: the publisher whose aggregate it
-    applied per window, null windows, and whether its hash chain is unbroken (theta_{W+1} it
-    computed for W is the model it scored in W+1).
+    From this validator's own window rows: the publisher whose aggregate it applied per window,
+    null windows, and whether its hash chain is unbroken (theta_{W+1} it computed for W is the
+    model it scored in W+1). Agreement with the other validators' weights is measured on chain by
+    the validator after each window (``validator.agreement``) and shown beside it.
     """
 
     follow: FollowPublic | None
@@ -104,6 +105,7 @@ def index(request: Request, session: SessionDep, last: Last = DEFAULT_LAST) -> H
         charts.Series("loss", [(r.window, r.loss_before_random) for r in losses])])
     return _render(
         request, "index.html", peers=peers, last_scored=last_scored, weights=weight_repo.latest_weight_set(session),
+        agreement=validators.agreement(session),
         total=repo.count_peers(session), last=last, spanned=len(losses), follow=follow,
         loss=_loss_summary(losses), loss_chart=loss_chart,
         outcomes=charts.stacked_columns("Receipts per window", [(w, c) for w, _, c in outcomes],
