@@ -295,6 +295,7 @@ def main() -> None:
         "model loss (1000)": ["/api/v1/model/loss?last=1000"],
         "window outcomes (200)": ["/api/v1/windows/outcomes?last=200"],
         "peer scores (200)": [f"/api/v1/peers/{hk}/scores?last=200" for hk in hks],
+        "validators": ["/api/v1/validators"],
         "page / (200)": ["/?last=200"],
         "page /peer (200)": [f"/peer/{hk}?last=200" for hk in hks],
         "page /windows (200)": ["/windows?last=200"],

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,17 +26,10 @@ import httpx
 import pytest
 
 from protocol.storage import delta_key
+from tests.e2e.test_localnet import CACHE, REPO, _free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("GAUNTLET_TEST_CACHE", "/tmp/gauntlet-e2e-cache"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(**extra: str) -> dict[str, str]:
