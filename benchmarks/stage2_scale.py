@@ -56,7 +56,7 @@ def _child(args: argparse.Namespace, peers: int) -> dict[str, float]:
     from protocol.model import build_model, model_from_state, param_shapes, preset
     from validator.evaluate import Compute, EvalJob, WindowEvaluator
     from validator.simulate import RandomPages
-    from validator.stage1 import Decoded, _decode_all, decode_upload
+    from validator.stage1 import Decoded, decode_upload
 
     torch.manual_seed(0)
     cfg = preset(args.preset)
@@ -79,8 +79,8 @@ def _child(args: argparse.Namespace, peers: int) -> dict[str, float]:
         compressed += sum(e.idx.numel() + e.codes.numel() + 4 * e.lut.numel() for e in enc.values())
         d = decode_upload(enc, shapes, codec)
         if args.hold == "decoded":  # what a validator held per peer before uploads were kept compressed
-            update, idx, val, norm = _decode_all(enc, shapes, codec)
-            d = Decoded(update, idx, val, norm)
+            idx, val = d.rows()
+            d = Decoded(d.load_update(), idx, val, d.norm)
         held.append(d)
         del enc
     rss_held = _current_rss()

@@ -29,7 +29,7 @@ import logging
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -71,18 +71,20 @@ class Decoded:
     shapes: Mapping[str, tuple[int, ...]] | None = None
     cfg: CodecConfig | None = None
 
-    def _decode(self) -> tuple[SparseUpdate, torch.Tensor, torch.Tensor, float]:
+    def _tensors(self) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, int, int]]:
         assert self.encoded is not None and self.shapes is not None and self.cfg is not None
-        return _decode_all(self.encoded, self.shapes, self.cfg)
+        return _decoded_tensors(self.encoded, self.shapes, self.cfg)
 
     def load_update(self) -> SparseUpdate:
-        return self.update if self.update is not None else self._decode()[0]
+        if self.update is not None:
+            return self.update
+        return {name: _real(idx, val, numel) for name, idx, val, numel, _offset in self._tensors()}
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.sketch_idx is not None and self.sketch_val is not None:
             return self.sketch_idx, self.sketch_val
-        _update, idx, val, _norm = self._decode()
-        return idx, val
+        parts = [(idx + offset, val) for _name, idx, val, _numel, offset in self._tensors()]
+        return torch.cat([i for i, _ in parts]), torch.cat([v for _, v in parts])
 
     @property
     def sketch_shape(self) -> tuple[int, int]:
@@ -156,28 +158,26 @@ class SketchHistory:
 # --------------------------------------------------------------------------- decoding
 
 
-def _decode_all(encoded: Mapping[str, EncodedTensor], shapes: Mapping[str, tuple[int, ...]], cfg: CodecConfig
-                ) -> tuple[SparseUpdate, torch.Tensor, torch.Tensor, float]:
-    """Every tensor's top-k values: the update, the sketch rows and the norm."""
+def _decoded_tensors(encoded: Mapping[str, EncodedTensor], shapes: Mapping[str, tuple[int, ...]], cfg: CodecConfig
+                     ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, int, int]]:
+    """Per tensor, in name order: its decoded ``[n_chunks, k]`` indices and values, its size, and its
+    offset in the sketch layout (past the previous tensors' chunk-padded sizes). One tensor at a time."""
     from protocol.codec import decode_sparse
 
-    update: SparseUpdate = {}
-    idx_rows, val_rows = [], []
-    offset, sq = 0, 0.0
+    offset = 0
     for name in sorted(shapes):
         sparse = decode_sparse(encoded[name], cfg)
         numel = math.prod(shapes[name])
         idx = sparse.indices.to(torch.int64)
-        val = sparse.values.to(torch.float32)
-        padded = idx.shape[0] * cfg.chunk or numel
-        flat_idx, flat_val = idx.reshape(-1), val.reshape(-1)
-        real = flat_idx < numel  # positions in the chunk padding carry no parameter
-        update[name] = (flat_idx[real].contiguous(), flat_val[real].contiguous())
-        idx_rows.append(idx + offset)
-        val_rows.append(val)
-        offset += max(padded, numel)
-        sq += float(torch.sum(flat_val.double() ** 2))
-    return update, torch.cat(idx_rows), torch.cat(val_rows), math.sqrt(sq)
+        yield name, idx, sparse.values.to(torch.float32), numel, offset
+        offset += max(idx.shape[0] * cfg.chunk or numel, numel)
+
+
+def _real(idx: torch.Tensor, val: torch.Tensor, numel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices into the real tensor and their values: positions in the chunk padding carry no parameter."""
+    flat_idx, flat_val = idx.reshape(-1), val.reshape(-1)
+    real = flat_idx < numel
+    return flat_idx[real].contiguous(), flat_val[real].contiguous()
 
 
 def decode_upload(encoded: Mapping[str, EncodedTensor], shapes: Mapping[str, tuple[int, ...]], cfg: CodecConfig
@@ -186,8 +186,9 @@ def decode_upload(encoded: Mapping[str, EncodedTensor], shapes: Mapping[str, tup
 
     Raises ValueError (or KeyError, RuntimeError) on anything inconsistent.
     """
-    _update, _idx, _val, norm = _decode_all(encoded, shapes, cfg)
-    return Decoded(None, None, None, norm, encoded=dict(encoded), shapes=shapes, cfg=cfg)
+    sq = sum(float(torch.sum(val.double() ** 2)) for _name, _idx, val, _numel, _offset in _decoded_tensors(
+        encoded, shapes, cfg))
+    return Decoded(None, None, None, math.sqrt(sq), encoded=dict(encoded), shapes=shapes, cfg=cfg)
 
 
 # --------------------------------------------------------------------------- the filters
