@@ -39,20 +39,26 @@ from protocol.model import build_model, model_from_state, preset
 from protocol.pages import assigned_pages, default_store, derive_seed, random_eval_pages
 from protocol.sync import apply_update, dense_to_update
 from scoring import final, ratings
-from scoring.loss import contribution, page_indicator, relative_improvement, update_bma
+from scoring.loss import contribution, page_indicator, reach_contribution, relative_improvement, update_bma
 from scoring.scale import step_factor
 from scoring.weights import compute_weights
+from scoring.work import work_gate
 from validator.evaluate import EvalJob, WindowEvaluator, eval_subset
 from validator.publish import outer_step
 
 SCALES = (0.3, 1.5, 3.0, 10.0)
 
 
-def hparams(pages: int = 2, micro_batch: int = 8, eval_norm: str = "normalise") -> HParams:
+def hparams(pages: int = 2, micro_batch: int = 8, eval_norm: str = "normalise", reach: bool = True,
+            temperature: float | None = None) -> HParams:
     from gauntlet.localnet import localnet_hparams
 
-    return localnet_hparams(60, 2.0).override(**{"data.pages_per_window": pages, "inner.micro_batch": micro_batch,
-                                                 "scoring.eval_norm": eval_norm})
+    hp = localnet_hparams(60, 2.0)
+    extra = {} if reach else {"scoring.eval_reach": ()}
+    if temperature is not None:
+        extra["scoring.score_temperature"] = temperature
+    return hp.override(**{"data.pages_per_window": pages, "inner.micro_batch": micro_batch,
+                          "scoring.eval_norm": eval_norm, **extra})
 
 
 def _norm(d: dict[str, torch.Tensor]) -> float:
@@ -60,10 +66,10 @@ def _norm(d: dict[str, torch.Tensor]) -> float:
 
 
 def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_batch: int = 8,
-        eval_norm: str = "normalise") -> dict:
+        eval_norm: str = "normalise", reach: bool = True, temperature: float | None = None) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    hp = hparams(pages, micro_batch, eval_norm)
+    hp = hparams(pages, micro_batch, eval_norm, reach, temperature)
     store = default_store(Path.home() / ".cache" / "gauntlet", hp.data)
     cfg = preset(hp.model)
     state = {n: p.detach().clone() for n, p in build_model(cfg, seed=hp.model_seed).named_parameters()}
@@ -111,9 +117,11 @@ def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_bat
             who = "honest-4" if name in twins else name  # a twin is honest-4's data, scaled
             pages = eval_subset(own[who], hp.data.eval_pages, seed=wseed, hotkey=who)
             step = eta * step_factor(norms[name], median, hp.scoring.eval_norm, hp.scoring.eval_clip_ratio)
-            r = ev.evaluate(EvalJob(name, dense_to_update(decoded[name]), step, pages))
-            contrib[name] = contribution(r.loss_before_random, r.loss_after_random)
-            ind[name] = page_indicator([relative_improvement(b, a) for b, a in r.page_losses], contrib[name])
+            r = ev.evaluate(EvalJob(name, dense_to_update(decoded[name]), step, pages, tuple(hp.scoring.eval_reach)))
+            contrib[name] = reach_contribution(r.loss_before_random, r.loss_after_random, [a for _, a in r.reach_losses])
+            at_step = contribution(r.loss_before_random, r.loss_after_random)
+            ind[name] = page_indicator([relative_improvement(b, a) for b, a in r.page_losses], at_step,
+                                       hp.scoring.indicator_margin)
         rates = ratings.update_ratings(rates, contrib, hp.scoring)
         for name in names:
             bma = update_bma(peer[name].bma, ind[name], hp.scoring.indicator_alpha)
@@ -123,6 +131,9 @@ def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_bat
         weights = compute_weights(scores, WeightParams(top_n=32, power=1.0))
         rows.append({"window": w, "median_norm": median,
                      **{n: {"norm": norms[n], "contribution": contrib[n], "indicator": ind[n], "bma": peer[n].bma,
+                            "proof": final.work_proof(peer[n], hp.scoring),
+                            "gate": work_gate(final.work_proof(peer[n], hp.scoring), hp.scoring.proof_floor,
+                                              hp.scoring.proof_full),
                             "score": peer[n].score, "weight": weights.get(i, 0.0)} for i, n in enumerate(names)}})
         honest = [dense_to_update(decoded[f"honest-{s}"]) for s in steps]
         honest_norms = [norms[f"honest-{s}"] for s in steps]
@@ -140,12 +151,22 @@ def summarise(res: dict) -> dict:
     honest = [f"honest-{s}" for s in steps]
     fails = [r[n]["indicator"] <= 0 for r in rows for n in honest]
     bma_fail = [r[n]["bma"] <= 0 for r in rows[5:] for n in honest]
+    gate_shut = [r[n]["gate"] == 0 for r in rows for n in honest]
+    gate_partly = [r[n]["gate"] < 1 for r in rows for n in honest]
+    median_honest = statistics.median(late[n] for n in honest)
+    others = [n for n in names if n not in honest and not n.startswith("x")]
     twin_gap = max(abs(r[t]["contribution"] - r["honest-4"]["contribution"]) for r in rows
                    for t in names if t.startswith("x"))
     return {
         "share": share, "share_second_half": late,
         "spearman_effort_weight": spearman([float(s) for s in steps], [late[n] for n in honest]),
-        "median_honest_share": statistics.median(late[n] for n in honest),
+        "median_honest_share": median_honest,
+        "worst_adversary_over_median_honest": max(late[n] for n in others) / median_honest if median_honest else None,
+        "max_twin_over_honest4": max(late[n] for n in names if n.startswith("x")) / late["honest-4"]
+        if late.get("honest-4") else None,
+        "honest_gate_shut_rate": sum(gate_shut) / len(gate_shut),
+        "honest_gate_below_one_rate": sum(gate_partly) / len(gate_partly),
+        "gate_mean": {n: statistics.mean(r[n]["gate"] for r in rows) for n in names},
         "honest_window_fail_rate": sum(fails) / len(fails),
         "honest_bma_nonpositive_rate": sum(bma_fail) / max(1, len(bma_fail)),
         "max_twin_contribution_gap": twin_gap,
@@ -161,20 +182,24 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=2, help="assigned pages per window (localnet: 2)")
     ap.add_argument("--micro-batch", type=int, default=8, help="sequences per inner step (localnet: 8 = one page)")
     ap.add_argument("--eval-norm", choices=["normalise", "cap"], default="normalise", help="size rule (scoring.scale)")
+    ap.add_argument("--no-reach", action="store_true", help="score at the evaluation step only (scoring.eval_reach = [])")
+    ap.add_argument("--temperature", type=float, help="scoring.score_temperature (default: the packaged 5)")
     ap.add_argument("--json")
     args = ap.parse_args()
     res = run(args.windows, [int(s) for s in args.steps.split(",")], args.seed, args.pages, args.micro_batch,
-              args.eval_norm)
+              args.eval_norm, not args.no_reach, args.temperature)
     summary = summarise(res)
     if args.json:
         Path(args.json).write_text(json.dumps({**res, "summary": summary}, indent=1))
-    print(f"\n{'peer':12} {'share':>7} {'2nd half':>9} {'indicator':>10}")
+    print(f"\n{'peer':12} {'share':>7} {'2nd half':>9} {'indicator':>10} {'gate':>6}")
     for n in res["peers"]:
         print(f"{n:12} {summary['share'][n]:7.3f} {summary['share_second_half'][n]:9.3f} "
-              f"{summary['indicator_mean'][n]:+10.2f}")
-    for key in ("spearman_effort_weight", "median_honest_share", "honest_window_fail_rate",
-                "honest_bma_nonpositive_rate", "max_twin_contribution_gap"):
-        print(f"{key}: {summary[key]:.4g}")
+              f"{summary['indicator_mean'][n]:+10.2f} {summary['gate_mean'][n]:6.2f}")
+    for key in ("spearman_effort_weight", "median_honest_share", "worst_adversary_over_median_honest",
+                "max_twin_over_honest4", "honest_window_fail_rate", "honest_gate_shut_rate",
+                "honest_gate_below_one_rate", "honest_bma_nonpositive_rate", "max_twin_contribution_gap"):
+        value = summary[key]
+        print(f"{key}: {'n/a' if value is None else f'{value:.4g}'}")
 
 
 if __name__ == "__main__":

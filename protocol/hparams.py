@@ -106,10 +106,16 @@ class ScoringParams(_Strict):
         0.8, gt=0, description="Evaluation step = scale x outer lr (0.8 x 0.25 = 0.2, the step benchmarks/effort.py measured)."
     )
     eval_norm: Literal["cap", "normalise"] = Field(
-        "cap",
-        description="How a delta's size enters Stage 2 and the aggregate (scoring.scale): 'cap' at eval_clip_ratio x "
-        "the median norm (aggregate clips tensors to the median), or 'normalise' every delta to the median norm "
-        "(scale-invariant; on the tiny preset it pays low effort and wrong pages, benchmarks/RESULTS.md Effort).",
+        "normalise",
+        description="How a delta's size enters Stage 2 and the aggregate (scoring.scale): 'normalise' every delta to "
+        "the median norm (scale-invariant: k x delta scores and aggregates as delta), or the older 'cap' at "
+        "eval_clip_ratio x the median norm, under which inflating a delta pays up to that factor.",
+    )
+    eval_reach: tuple[float, ...] = Field(
+        (4.0, 16.0, 64.0),
+        description="Further multiples of the evaluation step at which the random-page loss is measured along the "
+        "normalised direction; the contribution is the best gain over 1 and these (scoring.loss.reach_contribution). "
+        "More inner work keeps lowering the loss further along its direction; size alone does not.",
     )
     eval_clip_ratio: float = Field(
         3.0, ge=1,
@@ -123,6 +129,19 @@ class ScoringParams(_Strict):
         "(validator.stage2).",
     )
     indicator_alpha: float = Field(0.05, gt=0, le=1, description="bma <- (1-a)*bma + a*indicator.")
+    proof_floor: float = Field(
+        0.8, ge=-1, lt=1,
+        description="Proof of work (bias-corrected bma, scoring.work.proof_of_work) at or below which a peer earns "
+        "nothing: a peer that trains on half its assigned pages averages ~0.5-0.7, an honest one 0.97-1.0.",
+    )
+    proof_full: float = Field(
+        0.95, gt=-1, le=1, description="Proof of work at or above which the work gate is fully open (linear between)."
+    )
+    score_temperature: float = Field(
+        5.0, gt=0,
+        description="Final score = exp(ordinal / T) x work gate x sync: every peer that proves its work earns, "
+        "and a rating 5T above another's earns e^5 (~150x) more (scoring.final).",
+    )
     indicator_margin: float = Field(
         0.0, ge=0,
         description="Assigned-data gain must beat random-data gain by this fraction of it (0: the reference's "
@@ -146,6 +165,14 @@ class ScoringParams(_Strict):
     inactivity_decay: float = Field(0.75, gt=0, le=1)
     inactivity_reset_windows: int = Field(3, ge=1)
     copy_ban_windows: int = Field(200, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ScoringParams:
+        if self.proof_full <= self.proof_floor:
+            raise ValueError("scoring.proof_full must exceed scoring.proof_floor")
+        if any(not (c > 1) for c in self.eval_reach):
+            raise ValueError("scoring.eval_reach multiples must be > 1 (the step itself is always measured)")
+        return self
 
 
 class WeightParams(_Strict):

@@ -1,18 +1,24 @@
 """Final score and penalties: one peer's state after one window.
 
-**Final score** (Gauntlet, arXiv 2505.21684):
-``max(0, ordinal) · max(0, bma) · sync_score`` with
-``sync_score = (1 - min(steps_behind, 5) / 5) ^ 2.5`` (``sync_max_behind``, ``sync_exponent``).
+**Final score**: ``exp(ordinal / T) · gate(proof) · sync_score`` with
 
-*Why no shift of the ordinal.* ``ordinal = mu - 3·sigma`` starts at 0 for a new peer and
-Plackett-Luce moves mu roughly zero-sum, so in the first windows a peer ranked in the bottom
-half has a negative ordinal and earns 0 even if it beats a free-rider (measured in
-``benchmarks/effort.py``, RESULTS.md "Effort"). Measuring ordinals from the window's worst
-evaluated peer instead was tried and dropped: it lets anyone move that zero point. A sybil
-that uploads a valid but useless delta every window drags the worst ordinal down and lifts
-every middling peer's share, the attacker's own included; the worst peer is attacker-chosen
-input, and nothing the attacker chooses may set the scale of pay. The early zeros are a
-transient: sigma shrinks with every window and consistently useful peers climb above 0.
+* ``ordinal = mu - 3·sigma`` of the peer's OpenSkill rating (``scoring.ratings``);
+* ``proof`` the bias-corrected average of the per-page proof-of-work indicator
+  (``scoring.work.proof_of_work``) and ``gate`` 0 at or below ``proof_floor`` (0.8), 1 at or
+  above ``proof_full`` (0.95), linear between (``scoring.work.work_gate``);
+* ``sync_score = (1 - min(steps_behind, 5) / 5) ^ 2.5`` (``sync_max_behind``, ``sync_exponent``);
+* ``T = score_temperature`` (5).
+
+*Why exp(ordinal / T) and not the reference's ``max(0, ordinal)``.* Plackett-Luce moves mu
+roughly zero-sum, so with ``max(0, ordinal)`` every honest miner in the bottom half of the
+ranking earned exactly 0 (with 6 honest miners of 1..32 inner steps the 1-, 2- and often 4-step
+ones), and pay stopped following effort below the top few. ``exp`` is positive for everyone and
+keeps the order. It is also safe against the sybil attack that ruled out measuring ordinals
+from the window's worst peer: peers that lose every match lift the mu of all peers above them by
+about the same amount, and shares under ``exp`` do not change when every ordinal moves by the
+same constant; the zero point is fixed, not attacker-chosen. What keeps useless uploads unpaid
+is the work gate: a valid delta that was not trained on the peer's own assigned pages (noise, a
+delta trained elsewhere, half the pages) does not pass it, whatever its rank.
 
 **Penalties** (reference constants, ``ScoringParams``):
 
@@ -42,6 +48,7 @@ from enum import StrEnum
 
 from protocol.hparams import ScoringParams
 from scoring.ratings import Rating, default_rating, ordinal
+from scoring.work import proof_of_work, work_gate
 
 __all__ = [
     "Outcome",
@@ -52,6 +59,7 @@ __all__ = [
     "full_reset",
     "is_banned",
     "sync_score",
+    "work_proof",
 ]
 
 
@@ -64,11 +72,18 @@ def sync_score(steps_behind: int, max_behind: int, exponent: float) -> float:
     return (1 - min(steps_behind, max_behind) / max_behind) ** exponent
 
 
-def final_score(ordinal: float, bma: float, sync: float) -> float:
-    """``max(0, ordinal) · max(0, bma) · sync``; see the module docstring."""
-    if not (math.isfinite(ordinal) and math.isfinite(bma) and 0.0 <= sync <= 1.0):
-        raise ValueError(f"invalid final-score inputs: ordinal={ordinal}, bma={bma}, sync={sync}")
-    return max(0.0, ordinal) * max(0.0, bma) * sync
+#: exp(ordinal / T) is capped here: ordinals stay far below it, and the cap keeps a corrupt rating finite.
+MAX_EXPONENT = 50.0
+
+
+def final_score(ordinal: float, gate: float, sync: float, temperature: float) -> float:
+    """``exp(ordinal / temperature) · gate · sync``; see the module docstring."""
+    if not (math.isfinite(ordinal) and 0.0 <= gate <= 1.0 and 0.0 <= sync <= 1.0 and temperature > 0):
+        raise ValueError(f"invalid final-score inputs: ordinal={ordinal}, gate={gate}, sync={sync}, "
+                         f"temperature={temperature}")
+    if gate == 0.0 or sync == 0.0:
+        return 0.0
+    return math.exp(min(ordinal / temperature, MAX_EXPONENT)) * gate * sync
 
 
 class Outcome(StrEnum):
@@ -96,6 +111,8 @@ class PeerState:
     score: float = 0.0
     inactive_windows: int = 0
     banned_until_window: int | None = None
+    #: Windows in which the peer was evaluated: the bias correction of ``bma`` (``proof_of_work``).
+    evaluated_windows: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +175,18 @@ def full_reset(state: PeerState) -> PeerState:
     return replace(state, rating=rating, bma=min(state.bma, 0.0), score=0.0)
 
 
-def _evaluated(state: PeerState, outcome: WindowOutcome) -> PeerState:
+def work_proof(state: PeerState, params: ScoringParams) -> float:
+    """The peer's bias-corrected proof of work (``scoring.work.proof_of_work``)."""
+    return proof_of_work(state.bma, state.evaluated_windows, params.indicator_alpha)
+
+
+def _evaluated(state: PeerState, outcome: WindowOutcome, params: ScoringParams) -> PeerState:
     if outcome.rating is None or outcome.bma is None:
         raise ValueError("an evaluated outcome needs the new rating and bma")
-    score = final_score(ordinal(outcome.rating), outcome.bma, outcome.sync)
-    return replace(state, rating=outcome.rating, bma=outcome.bma, score=score, inactive_windows=0)
+    new = replace(state, rating=outcome.rating, bma=outcome.bma, inactive_windows=0,
+                  evaluated_windows=state.evaluated_windows + 1)
+    gate = work_gate(work_proof(new, params), params.proof_floor, params.proof_full)
+    return replace(new, score=final_score(ordinal(outcome.rating), gate, outcome.sync, params.score_temperature))
 
 
 def _unproductive(state: PeerState, outcome: WindowOutcome, params: ScoringParams) -> PeerState:
@@ -190,7 +214,7 @@ def apply_penalties(state: PeerState, outcome: WindowOutcome, params: ScoringPar
     if outcome.kind is Outcome.UNEVALUATED:
         return state
     if outcome.kind is Outcome.EVALUATED:
-        return _evaluated(state, outcome)
+        return _evaluated(state, outcome, params)
     if outcome.kind in _DECAYING or outcome.kind is Outcome.INVALID:
         return _unproductive(state, outcome, params)
     raise ValueError(f"unknown outcome kind {outcome.kind!r}")

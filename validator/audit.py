@@ -150,7 +150,9 @@ def previous_state(hotkey: str, history: list[Receipt], window: int, hp: HParams
     """The peer's state before ``window`` as its earlier receipts publish it (``scoring.final`` rules).
 
     Rating, moving average and score are the last receipt's "after" values; the idle count and
-    the ban follow from the receipts since the last evaluated window or copy.
+    the ban follow from the receipts since the last evaluated window or copy, and the evaluated
+    count (``bma``'s bias correction) from the receipts fetched: beyond the ~200 windows of
+    history the audit reads, the correction differs from 1 by less than 1e-4.
     """
     rows = sorted((r for r in history if r.window < window), key=lambda r: -r.window)
     if not rows:
@@ -164,8 +166,9 @@ def previous_state(hotkey: str, history: list[Receipt], window: int, hp: HParams
             inactive += 1
     copies = [r.window for r in rows if r.reject_reason in COPY_REASONS]
     banned_until = max(copies) + hp.scoring.copy_ban_windows if copies else None
+    evaluated = sum(1 for r in rows if r.status == "accepted")
     return PeerPrev(hotkey, _or(last.rating_mu_after, DEFAULT_MU), _or(last.rating_sigma_after, DEFAULT_SIGMA),
-                    _or(last.bma_after, 0.0), _or(last.final_score, 0.0), inactive, banned_until)
+                    _or(last.bma_after, 0.0), _or(last.final_score, 0.0), inactive, banned_until, evaluated)
 
 
 def _or(value: float | None, default: float) -> float:
@@ -275,10 +278,11 @@ def published_result(r: Receipt) -> EvalResult | None:
         return None
     try:
         pages = tuple((float(p["before"]), float(p["after"])) for p in r.details.get("assigned_pages") or ())
+        reach = tuple((float(p["multiple"]), float(p["after"])) for p in r.details.get("reach") or ())
     except (TypeError, KeyError, ValueError):
-        raise AuditError(f"the receipt of {r.hotkey} has malformed per-page losses") from None
+        raise AuditError(f"the receipt of {r.hotkey} has malformed per-page or reach losses") from None
     return EvalResult(r.hotkey, *(float(x) for x in losses), estimate=float(r.estimate or 0.0),  # type: ignore[arg-type]
-                      seconds=float(r.eval_seconds or 0.0), page_losses=pages)
+                      seconds=float(r.eval_seconds or 0.0), page_losses=pages, reach_losses=reach)
 
 
 def stage2(theta: GlobalModel, pages: PageSource, plan: Stage2Plan, targets: list[str],

@@ -6,12 +6,12 @@ file maps DB rows in and :class:`PeerOutcome` rows out, with no I/O of its own.
 
 Per registered peer, exactly one of:
 
-* **evaluated** (passed both stages): contribution = relative improvement of the random
-  loss; indicator = mean over the assigned pages of +1 where the page's improvement beats the
-  random one, else -1;
-  bma <- (1-a) bma + a indicator; the OpenSkill (Plackett-Luce) update ranks all evaluated
-  peers of the window by contribution; final = max(0, ordinal) x max(0, bma) x sync_score
-  (``scoring.final``).
+* **evaluated** (passed both stages): contribution = best relative improvement of the random
+  loss along the normalised direction (``scoring.loss.reach_contribution``); indicator = mean
+  over the assigned pages of +1 where the page's improvement beats the random one at the
+  evaluation step, else -1; bma <- (1-a) bma + a indicator; the OpenSkill (Plackett-Luce)
+  update ranks all evaluated peers of the window by contribution; final =
+  exp(ordinal / T) x work gate(bias-corrected bma) x sync_score (``scoring.final``).
 * otherwise a ``scoring.final.WindowOutcome`` chosen from the stored reason (missing /
   timeout / storage unavailable / foreign / wrong window -> missing; late / early -> late;
   out_of_sync; copy or replay -> copy; our own evaluation failure -> inactive; anything
@@ -56,13 +56,14 @@ class PeerPrev:
     score: float = 0.0
     inactive_windows: int = 0
     banned_until: int | None = None
+    evaluated_windows: int = 0
 
     @classmethod
     def from_row(cls, hotkey: str, row: Any) -> PeerPrev:
         if row is None:
             return cls(hotkey)
         return cls(hotkey, row.rating_mu, row.rating_sigma, row.bma, row.score, row.inactive_windows,
-                   row.banned_until_window)
+                   row.banned_until_window, row.evaluated_windows)
 
 
 @dataclass(slots=True)
@@ -76,6 +77,7 @@ class PeerOutcome:
     score: float
     inactive_windows: int
     banned_until: int | None
+    evaluated_windows: int = 0
     contribution: float | None = None
     indicator: float | None = None
     sync: float | None = None
@@ -87,8 +89,9 @@ class WindowOutcome:
     broken: set[str] = field(default_factory=set)  # evaluated, but the loss became non-finite
 
     def ranked_for_aggregate(self, limit: int) -> list[str]:
-        """Evaluated peers that improved the random loss, best final score first."""
-        ok = [p for p in self.peers.values() if p.status == "accepted" and (p.contribution or 0.0) > 0.0]
+        """Evaluated peers that improved the random loss and earn a score (proved their work), best first."""
+        ok = [p for p in self.peers.values()
+              if p.status == "accepted" and (p.contribution or 0.0) > 0.0 and p.score > 0.0]
         ok.sort(key=lambda p: (-p.score, -(p.contribution or 0.0), p.hotkey))
         return [p.hotkey for p in ok[:limit]]
 
@@ -96,7 +99,7 @@ class WindowOutcome:
         return [
             {"hotkey": p.hotkey, "uid": uids.get(p.hotkey), "seen_window": window, "rating_mu": p.mu,
              "rating_sigma": p.sigma, "bma": p.bma, "score": p.score, "inactive_windows": p.inactive_windows,
-             "banned_until_window": p.banned_until}
+             "banned_until_window": p.banned_until, "evaluated_windows": p.evaluated_windows}
             for p in self.peers.values()
         ]
 
@@ -120,7 +123,13 @@ def _window_outcome(window: int, reason: str) -> Any:
 
 def _measure(stage1: Stage1Result, results: Mapping[str, EvalResult]
              ) -> tuple[dict[str, EvalResult], dict[str, float], set[str]]:
-    """Evaluated peers with finite losses, their contributions, and the peers whose delta broke the model."""
+    """Evaluated peers with finite losses, their contributions, and the peers whose delta broke the model.
+
+    A loss that is not finite at the evaluation step breaks the model; further along the direction
+    (``reach_losses``) it only means the direction stopped helping there, and counts as no gain.
+    """
+    import math
+
     from scoring import loss
 
     evaluated: dict[str, EvalResult] = {}
@@ -130,7 +139,8 @@ def _measure(stage1: Stage1Result, results: Mapping[str, EvalResult]
         if hk not in stage1.accepted:
             continue
         try:
-            contributions[hk] = loss.contribution(r.loss_before_random, r.loss_after_random)
+            further = [a for _c, a in r.reach_losses if math.isfinite(a)]
+            contributions[hk] = loss.reach_contribution(r.loss_before_random, r.loss_after_random, further)
             loss.relative_improvement(r.loss_before_assigned, r.loss_after_assigned)
             evaluated[hk] = r
         except ValueError:  # the loss after the step is not finite
@@ -155,18 +165,20 @@ def combine_window(
         {hk: ratings.Rating(prev[hk].mu, prev[hk].sigma) for hk in evaluated}, contributions, sp)
     out = WindowOutcome(broken=broken)
     for hk, p in prev.items():
-        state = fin.PeerState(ratings.Rating(p.mu, p.sigma), p.bma, p.score, p.inactive_windows, p.banned_until)
+        state = fin.PeerState(ratings.Rating(p.mu, p.sigma), p.bma, p.score, p.inactive_windows, p.banned_until,
+                              p.evaluated_windows)
         rej = stage1.rejected.get(hk)
         uid = rej.uid if rej is not None else (stage1.accepted[hk].uid if hk in stage1.accepted else None)
         ind = sync = None
         if hk in evaluated:
             r = evaluated[hk]
+            at_step = loss.contribution(r.loss_before_random, r.loss_after_random)  # same step as the pages'
             if r.page_losses:  # per page: training on part of the assigned pages shows (scoring.loss)
                 ind = loss.page_indicator([loss.relative_improvement(b, a) for b, a in r.page_losses],
-                                          contributions[hk], sp.indicator_margin)
+                                          at_step, sp.indicator_margin)
             else:
                 ind = loss.indicator(loss.relative_improvement(r.loss_before_assigned, r.loss_after_assigned),
-                                     contributions[hk], sp.indicator_margin)
+                                     at_step, sp.indicator_margin)
             sync = fin.sync_score(stage1.accepted[hk].steps_behind, sp.sync_max_behind, sp.sync_exponent)
             verdict = fin.WindowOutcome.evaluated(window, new_ratings[hk], loss.update_bma(p.bma, ind, sp.indicator_alpha),
                                                   sync)
@@ -180,6 +192,7 @@ def combine_window(
             status = "missing" if reason == Rejection.MISSING.value else "rejected"
         new = fin.apply_penalties(state, verdict, sp)
         out.peers[hk] = PeerOutcome(hk, uid, status, new.rating.mu, new.rating.sigma, new.bma, new.score,
-                                    new.inactive_windows, new.banned_until_window, contributions.get(hk),
+                                    new.inactive_windows, new.banned_until_window, new.evaluated_windows,
+                                    contributions.get(hk),
                                     None if ind is None else float(ind), sync)
     return out

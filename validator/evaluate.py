@@ -9,8 +9,10 @@ For window W every evaluated peer gets:
 
 "After" means theta_W with the evaluation step applied: theta - eta * c * delta, where
 eta = ``eval_step_scale`` x outer lr and c is the subnet's size rule (``scoring.scale``):
-min(1, cap / norm) with cap = ``eval_clip_ratio`` x the window's median norm, or
-median / norm, which scores the direction only.
+median / norm (the default ``normalise``: the direction only, so k x delta scores as delta), or
+min(1, cap / norm) with cap = ``eval_clip_ratio`` x the window's median norm. The random-page loss
+is also measured further along the direction, at ``eval_reach`` multiples of that step (4, 16,
+64): the contribution is the best gain over them (``scoring.loss.reach_contribution``).
 
 Sharing and exactness: the "before" losses are computed once per page id and cached for
 the window. The delta is applied in place to one model copy and undone by writing back
@@ -93,6 +95,8 @@ class EvalJob:
     update: SparseUpdate | Callable[[], SparseUpdate]
     step: float  # eta * size factor (scoring.scale): theta_after = theta - step * delta
     assigned_page_ids: tuple[int, ...]
+    #: Further multiples of ``step`` at which only the random-page loss is measured (``scoring.eval_reach``).
+    reach: tuple[float, ...] = ()
 
     def sparse(self) -> SparseUpdate:
         return self.update() if callable(self.update) else self.update
@@ -110,6 +114,9 @@ class EvalResult:
     #: (before, after) per assigned page, in ``EvalJob.assigned_page_ids`` order: the per-page
     #: proof-of-work evidence (``scoring.loss.page_indicator``).
     page_losses: tuple[tuple[float, float], ...] = ()
+    #: (multiple, random loss at theta - multiple * step * delta) for the job's ``reach``: how far the
+    #: direction keeps lowering the loss (``scoring.loss.reach_contribution``).
+    reach_losses: tuple[tuple[float, float], ...] = ()
     #: Where the numbers were computed (published in the receipt): device class and parameter dtype
     #: set the tolerance an auditor recomputing them on other hardware needs; ``evaluator`` says
     #: whether a worker did it (its "before" batches hold other pages than the validator's).
@@ -124,7 +131,8 @@ class EvalResult:
     def from_dict(cls, data: dict[str, object]) -> EvalResult:
         """The inverse of :meth:`as_dict` after a JSON round trip (lists back to tuples)."""
         pages = tuple((float(b), float(a)) for b, a in data.get("page_losses", ()))  # type: ignore[attr-defined]
-        return cls(**{**data, "page_losses": pages})  # type: ignore[arg-type]
+        reach = tuple((float(c), float(a)) for c, a in data.get("reach_losses", ()))  # type: ignore[attr-defined]
+        return cls(**{**data, "page_losses": pages, "reach_losses": reach})  # type: ignore[arg-type]
 
 
 def eval_subset(assigned: Sequence[int], count: int, *, seed: bytes, hotkey: str) -> tuple[int, ...]:
@@ -220,6 +228,13 @@ class WindowEvaluator:
             losses = self._losses(batch).double()
         finally:
             restore(saved)
+        reach = []
+        for multiple in job.reach:
+            saved = apply_in_place(self.model, update, job.step * multiple)
+            try:
+                reach.append((float(multiple), float(self._losses(self._random_tokens).double().mean())))
+            finally:
+                restore(saved)
         n = assigned.shape[0]
         after = losses[:n].chunk(len(job.assigned_page_ids)) if n else ()
         page_losses = tuple((float(self._before[p].double().mean()), float(a.mean()))
@@ -233,6 +248,7 @@ class WindowEvaluator:
             estimate=estimate,
             seconds=time.perf_counter() - t0,
             page_losses=page_losses,
+            reach_losses=tuple(reach),
             device=self.compute.torch_device.type,
             dtype=str(DTYPES[self.compute.dtype]).removeprefix("torch."),  # float32 or bfloat16 (autocast)
         )

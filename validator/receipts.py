@@ -104,6 +104,8 @@ def build_receipts(
                      estimate=res.estimate, contribution=out.contribution, indicator=out.indicator,
                      eval_seconds=res.seconds)
             r["details"]["exact_change_random"] = res.loss_after_random - res.loss_before_random
+            if res.reach_losses:  # the random loss further along the direction (scoring.loss.reach_contribution)
+                r["details"]["reach"] = [{"multiple": c, "after": a} for c, a in res.reach_losses]
             if res.page_losses and hk in jobs:
                 r["details"]["assigned_pages"] = [
                     {"page": p, "before": b, "after": a}

@@ -92,9 +92,11 @@ def plan_stage2(
         cand = s1.accepted[hk]
         pages = eval_subset(assigned[hk], hp.data.eval_pages, seed=seed, hotkey=hk)
         step = eta * step_factor(cand.decoded.norm, s1.median_norm, hp.scoring.eval_norm, hp.scoring.eval_clip_ratio)
-        plan.jobs.append(EvalJob(hk, cand.decoded.load_update, step, pages))  # decoded when evaluated
+        reach = tuple(hp.scoring.eval_reach)
+        plan.jobs.append(EvalJob(hk, cand.decoded.load_update, step, pages, reach))  # decoded when evaluated
         plan.remote[hk] = {"window": window, "hotkey": hk, "url": collected[hk].url,
                            "payload_hash": cand.payload_hash, "step": step, "assigned_page_ids": list(pages),
+                           "reach": list(reach),
                            "random_page_ids": list(plan.random_page_ids), "seed_hex": plan.seed_hex}
     return plan
 

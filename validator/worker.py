@@ -108,7 +108,7 @@ class Worker:
             raise JobError("payload changed since Stage 1")
         decoded = decode_upload(parsed.encoded, self.model.shapes, self.codec_cfg)
         return EvalJob(payload["hotkey"], decoded.load_update(), float(payload["step"]),
-                       tuple(payload["assigned_page_ids"]))
+                       tuple(payload["assigned_page_ids"]), tuple(float(c) for c in payload.get("reach", ())))
 
     def handle(self, job: Job) -> dict[str, Any]:
         p = job.payload

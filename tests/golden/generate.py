@@ -100,7 +100,7 @@ def scoring_vectors() -> dict[str, Any]:
     out = []
     for w, window in enumerate(MEASUREMENTS):
         evaluated = {hk: m for hk, m in window.items() if m is not None}
-        contrib = {hk: loss.contribution(*m[0]) for hk, m in evaluated.items()}
+        contrib = {hk: loss.reach_contribution(*m[0], []) for hk, m in evaluated.items()}
         new = ratings.update_ratings({hk: state[hk].rating for hk in evaluated}, contrib, sp)
         for hk in uids:
             m = window[hk]
@@ -115,7 +115,8 @@ def scoring_vectors() -> dict[str, Any]:
         wts = weights.compute_weights({uids[hk]: s.score for hk, s in state.items()}, hp.weights)
         out.append({"window": w,
                     "peers": {hk: {"mu": s.rating.mu, "sigma": s.rating.sigma, "bma": s.bma, "score": s.score,
-                                   "inactive_windows": s.inactive_windows} for hk, s in state.items()},
+                                   "inactive_windows": s.inactive_windows, "evaluated_windows": s.evaluated_windows}
+                              for hk, s in state.items()},
                     "weights": {str(u): x for u, x in sorted(wts.items())},
                     "u16": list(map(list, weights.to_u16(wts)))})
     return {"windows": out}

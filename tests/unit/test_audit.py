@@ -100,9 +100,13 @@ def test_every_receipt_of_both_windows_matches(scored: dict[str, Any]) -> None:
     behind = one[(m[2], "details.steps_behind")]
     assert behind.status == "match" and behind.published == (1 if scored["moved"] else 0)
     assert one[(m[0], "rating_mu_before")].status == "match"  # carried from its window-0 receipt
-    setup = next(r for r in api.receipts(1) if r.hotkey == m[0]).setup  # what the receipt now carries
+    receipt = next(r for r in api.receipts(1) if r.hotkey == m[0])
+    setup = receipt.setup  # what the receipt now carries
     assert setup is not None and (setup.device, setup.dtype, setup.evaluator) == ("cpu", "float32", "validator")
-    assert setup.upload_url == net.miners[0].url and setup.model == HP.model and setup.step_factor == 1.0
+    assert setup.upload_url == net.miners[0].url and setup.model == HP.model
+    # normalised to the window's median norm (scoring.scale)
+    assert setup.step_factor == pytest.approx(receipt.details["median_norm"] / receipt.details["norm"])
+    assert [c["multiple"] for c in receipt.details["reach"]] == list(HP.scoring.eval_reach)
     single = audit(api, inputs, 1, m[0])
     assert single.ok and single.hotkeys == [m[0]] and any("published receipts" in n for n in single.notes)
 

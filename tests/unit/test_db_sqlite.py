@@ -79,7 +79,7 @@ class DatabaseContract:
             diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
         engine.dispose()
         assert diff == []
-        assert current_revision(url) == "0004"
+        assert current_revision(url) == "0005"
 
     def test_downgrade_to_base_and_upgrade_again(self, url: str) -> None:
         downgrade(url, "base")
@@ -91,7 +91,7 @@ class DatabaseContract:
         with engine.connect() as connection:
             assert set(sa.inspect(connection).get_table_names()) >= TABLES
         engine.dispose()
-        assert current_revision(url) == "0004"
+        assert current_revision(url) == "0005"
 
     # ------------------------------------------------------------------ receipts
 

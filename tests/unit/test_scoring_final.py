@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from protocol.hparams import ScoringParams
@@ -44,30 +46,41 @@ def test_sync_score_rejects_bad_inputs() -> None:
 
 
 def test_final_score_hand_computed() -> None:
-    assert final_score(10.0, 0.5, 1.0) == 5.0  # 10 * 0.5 * 1
-    assert final_score(10.0, 0.5, 0.278855) == pytest.approx(1.394275)  # 5 * 0.278855
-    assert final_score(-3.0, 0.5, 1.0) == 0.0  # negative ordinal clamps to 0
-    assert final_score(10.0, -0.2, 1.0) == 0.0  # no proof of work
-    assert final_score(0.0, 1.0, 1.0) == 0.0  # a newcomer earns nothing yet
+    # exp(ordinal / T) x gate x sync, T = 5
+    assert final_score(10.0, 0.5, 1.0, 5.0) == pytest.approx(3.694528)  # e^2 = 7.389056, x 0.5
+    assert final_score(10.0, 0.5, 0.278855, 5.0) == pytest.approx(1.030238)  # 3.694528 x 0.278855
+    assert final_score(-5.0, 1.0, 1.0, 5.0) == pytest.approx(0.367879, abs=1e-6)  # e^-1: a low rank still earns
+    assert final_score(0.0, 1.0, 1.0, 5.0) == 1.0  # a newcomer that proved its work: e^0
+    assert final_score(25.0, 0.0, 1.0, 5.0) == 0.0  # gate closed: no proof of work, no pay
+    assert final_score(25.0, 1.0, 0.0, 5.0) == 0.0
+    assert final_score(1e6, 1.0, 1.0, 5.0) == pytest.approx(math.exp(50.0))  # capped, finite
 
 
-def test_evaluated_outcome_scores_a_negative_ordinal_zero() -> None:
-    low = Rating(20.0, 7.0)  # ordinal 20 - 21 = -1: no shift by the window's worst peer
-    assert apply_penalties(PeerState(), WindowOutcome.evaluated(5, low, 0.1, 1.0), P).score == 0.0
-    high = Rating(30.0, 7.0)  # ordinal 9
-    assert apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.1, 1.0), P).score == pytest.approx(0.9)
+def test_evaluated_outcome_scores_through_the_work_gate() -> None:
+    # First evaluated window: proof = bma / (1 - 0.95^1) = bma / 0.05.
+    high = Rating(30.0, 7.0)  # ordinal 9 -> e^1.8 = 6.049647
+    full = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.05, 1.0), P)  # proof 1.0
+    assert full.score == pytest.approx(6.049647) and full.evaluated_windows == 1
+    half = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.04375, 1.0), P)  # proof 0.875
+    assert half.score == pytest.approx(6.049647 * 0.5)  # (0.875 - 0.8) / (0.95 - 0.8) = 0.5
+    shut = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.035, 1.0), P)  # proof 0.7
+    assert shut.score == 0.0
+    low = Rating(20.0, 7.0)  # ordinal -1 -> e^-0.2 = 0.818731: below the others, still paid
+    assert apply_penalties(PeerState(), WindowOutcome.evaluated(5, low, 0.05, 1.0), P).score == pytest.approx(0.818731)
 
 
 @pytest.mark.parametrize(
-    ("o", "b", "s"), [(float("nan"), 0.5, 1.0), (1.0, float("inf"), 1.0), (1.0, 0.5, 1.5)]
+    ("o", "g", "s", "t"),
+    [(float("nan"), 0.5, 1.0, 5.0), (1.0, float("inf"), 1.0, 5.0), (1.0, 0.5, 1.5, 5.0), (1.0, -0.1, 1.0, 5.0),
+     (1.0, 0.5, 1.0, 0.0)],
 )
-def test_final_score_rejects_bad_inputs(o: float, b: float, s: float) -> None:
+def test_final_score_rejects_bad_inputs(o: float, g: float, s: float, t: float) -> None:
     with pytest.raises(ValueError):
-        final_score(o, b, s)
+        final_score(o, g, s, t)
 
 
 def scored(score: float = 8.0) -> PeerState:
-    return PeerState(rating=GOOD, bma=0.4, score=score)
+    return PeerState(rating=GOOD, bma=0.4, score=score, evaluated_windows=30)
 
 
 def test_missing_two_windows_decays_to_0_5625() -> None:
@@ -110,11 +123,12 @@ def test_reset_never_rewards() -> None:
 def test_evaluation_restores_activity_and_sets_the_final_score() -> None:
     state = apply_penalties(scored(8.0), WindowOutcome.missing(1), P)
     new_rating = Rating(30.0, 4.0)  # ordinal 30 - 12 = 18
-    state = apply_penalties(state, WindowOutcome.evaluated(2, new_rating, 0.5, 0.8**2.5), P)
-    # 18 * 0.5 * 0.8^2.5 = 9 * 0.572433 = 5.151896
-    assert state.score == pytest.approx(5.151896)
-    assert state.inactive_windows == 0
-    assert (state.rating, state.bma) == (new_rating, 0.5)
+    state = apply_penalties(state, WindowOutcome.evaluated(2, new_rating, 0.9, 0.8**2.5), P)
+    # 31st window: proof = 0.9 / (1 - 0.95^31) = 0.9 / 0.796127 = 1.13 -> 1 (gate open);
+    # e^(18/5) = 36.598234, x 0.8^2.5 = 0.572433 -> 20.950052
+    assert state.score == pytest.approx(20.950052, rel=1e-6)
+    assert state.inactive_windows == 0 and state.evaluated_windows == 31
+    assert (state.rating, state.bma) == (new_rating, 0.9)
 
 
 def test_evaluated_outcome_needs_measurements() -> None:
@@ -139,9 +153,10 @@ def test_copy_resets_and_bans() -> None:
     # An evaluation during the ban changes nothing but keeps the score at 0.
     during = apply_penalties(state, WindowOutcome.evaluated(150, GOOD, 0.9, 1.0), P)
     assert during == state
-    # After the ban, evaluation counts again: ordinal 25 * bma 0.9 * sync 1 = 22.5.
+    # After the ban, evaluation counts again: 31st evaluated window, proof 0.9 / 0.796127 -> 1,
+    # exp(25 / 5) = 148.413159.
     after = apply_penalties(state, WindowOutcome.evaluated(301, GOOD, 0.9, 1.0), P)
-    assert after.score == pytest.approx(22.5)
+    assert after.score == pytest.approx(148.413159)
 
 
 def test_copy_during_a_ban_extends_it_and_ban_can_only_grow() -> None:
@@ -153,11 +168,12 @@ def test_copy_during_a_ban_extends_it_and_ban_can_only_grow() -> None:
 
 def test_new_peer_state_defaults() -> None:
     s = PeerState()
-    assert (s.rating, s.bma, s.score, s.inactive_windows, s.banned_until_window) == (
+    assert (s.rating, s.bma, s.score, s.inactive_windows, s.banned_until_window, s.evaluated_windows) == (
         default_rating(),
         0.0,
         0.0,
         0,
         None,
+        0,
     )
     assert not is_banned(s, 0)

@@ -5,6 +5,8 @@ Run: ``pytest tests/unit/test_validator_combine.py -q``
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -52,11 +54,13 @@ def test_two_evaluated_peers_and_every_penalty() -> None:
     assert a.mu == pytest.approx(27.2562, abs=1e-3) and b.mu == pytest.approx(22.7438, abs=1e-3)
     # sigma' = sigma * sqrt(1 - gamma sigma^2/c^2 p(1-p)), gamma = sigma/c -> 8.1669
     assert a.sigma == pytest.approx(8.1669, abs=1e-3)
-    # a: ordinal 27.2562 - 3*8.1669 = 2.7555; score 2.7555 * 0.05 * 1 = 0.1378 (in sync: sync = 1)
-    assert a.score == pytest.approx((a.mu - 3 * a.sigma) * 0.05 * 1.0)
-    assert a.score == pytest.approx(0.1378, abs=1e-3)
+    # a: ordinal 27.2562 - 3*8.1669 = 2.7555; first evaluated window, proof 0.05 / (1 - 0.95) = 1:
+    # gate open, score exp(2.7555 / 5) = 1.7352 (in sync: sync = 1)
+    assert a.evaluated_windows == 1
+    assert a.score == pytest.approx(math.exp((a.mu - 3 * a.sigma) / 5.0))
+    assert a.score == pytest.approx(1.7352, abs=1e-3)
     assert b.sync == pytest.approx((1 - 1 / 5) ** 2.5)  # one window behind
-    assert b.score == 0.0  # negative bma earns nothing
+    assert b.score == 0.0  # proof -1: the work gate is shut
     assert out["c"].score == pytest.approx(1.5) and out["c"].status == "missing"  # x0.75
     assert out["d"].score == 0.0 and out["d"].banned_until == W + HP.scoring.copy_ban_windows
     assert out["e"].score == 0.0 and out["e"].status == "rejected"

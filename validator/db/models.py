@@ -127,6 +127,8 @@ class Peer(Base):
     weight: Mapped[float] = mapped_column(default=0.0)
     inactive_windows: Mapped[int] = mapped_column(default=0, server_default="0")
     banned_until_window: Mapped[int | None]
+    #: Windows in which the peer was evaluated: bias correction of ``bma`` (``scoring.work``).
+    evaluated_windows: Mapped[int] = mapped_column(default=0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

@@ -53,6 +53,7 @@ class PeerChange(TypedDict, total=False):
     weight: float
     inactive_windows: int
     banned_until_window: int | None
+    evaluated_windows: int
 
 
 class PeerUpdate(PeerChange):
