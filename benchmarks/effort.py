@@ -49,12 +49,16 @@ from validator.publish import outer_step
 SCALES = (0.3, 1.5, 3.0, 10.0)
 
 
-def hparams(pages: int = 2, micro_batch: int = 8, eval_norm: str = "normalise", reach: bool = True,
-            temperature: float | None = None) -> HParams:
+def hparams(pages: int = 2, micro_batch: int = 8, eval_norm: str = "normalise", reach: str | None = None,
+            temperature: float | None = None, inner_lr: float | None = None) -> HParams:
     from gauntlet.localnet import localnet_hparams
 
     hp = localnet_hparams(60, 2.0)
-    extra = {} if reach else {"scoring.eval_reach": ()}
+    extra: dict = {}
+    if reach is not None:
+        extra["scoring.eval_reach"] = tuple(float(c) for c in reach.split(",") if c.strip())
+    if inner_lr is not None:
+        extra["inner.lr"] = inner_lr
     if temperature is not None:
         extra["scoring.score_temperature"] = temperature
     return hp.override(**{"data.pages_per_window": pages, "inner.micro_batch": micro_batch,
@@ -66,10 +70,11 @@ def _norm(d: dict[str, torch.Tensor]) -> float:
 
 
 def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_batch: int = 8,
-        eval_norm: str = "normalise", reach: bool = True, temperature: float | None = None) -> dict:
+        eval_norm: str = "normalise", reach: str | None = None, temperature: float | None = None,
+        inner_lr: float | None = None) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    hp = hparams(pages, micro_batch, eval_norm, reach, temperature)
+    hp = hparams(pages, micro_batch, eval_norm, reach, temperature, inner_lr)
     store = default_store(Path.home() / ".cache" / "gauntlet", hp.data)
     cfg = preset(hp.model)
     state = {n: p.detach().clone() for n, p in build_model(cfg, seed=hp.model_seed).named_parameters()}
@@ -182,12 +187,13 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=2, help="assigned pages per window (localnet: 2)")
     ap.add_argument("--micro-batch", type=int, default=8, help="sequences per inner step (localnet: 8 = one page)")
     ap.add_argument("--eval-norm", choices=["normalise", "cap"], default="normalise", help="size rule (scoring.scale)")
-    ap.add_argument("--no-reach", action="store_true", help="score at the evaluation step only (scoring.eval_reach = [])")
+    ap.add_argument("--reach", help="scoring.eval_reach as a comma list ('' = the step only; default: packaged)")
+    ap.add_argument("--inner-lr", type=float, help="inner AdamW lr (default: localnet's 1e-3)")
     ap.add_argument("--temperature", type=float, help="scoring.score_temperature (default: the packaged 5)")
     ap.add_argument("--json")
     args = ap.parse_args()
     res = run(args.windows, [int(s) for s in args.steps.split(",")], args.seed, args.pages, args.micro_batch,
-              args.eval_norm, not args.no_reach, args.temperature)
+              args.eval_norm, args.reach, args.temperature, args.inner_lr)
     summary = summarise(res)
     if args.json:
         Path(args.json).write_text(json.dumps({**res, "summary": summary}, indent=1))

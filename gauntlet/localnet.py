@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,8 @@ class Peer:
     targets: tuple[str, ...] = ()  # names of the victim peers, passed as --target each
 
 
-def plan_peers(honest: int, adversaries: str) -> list[Peer]:
-    """Honest miners with 2, 4, 8, ... inner steps, then one process per adversary mode.
+def plan_peers(honest: int, adversaries: str, honest_steps: Sequence[int] = ()) -> list[Peer]:
+    """Honest miners with 2, 4, 8, ... inner steps (or exactly ``honest_steps``), then one process per adversary mode.
 
     The modes are whatever ``miner.modes`` has registered (entry points), so a new mode
     joins ``--adversaries all`` without an edit here.
@@ -88,7 +89,10 @@ def plan_peers(honest: int, adversaries: str) -> list[Peer]:
     from miner.modes import adversary_names, resolve
 
     valid = adversary_names()
-    peers = [Peer(f"honest-{2 << i}", "honest", "honest", 2 << i) for i in range(honest)]
+    steps = list(honest_steps) or [2 << i for i in range(honest)]
+    if any(s < 1 for s in steps) or len(set(steps)) != len(steps):
+        raise typer.BadParameter(f"honest inner steps must be distinct and >= 1, got {steps}")
+    peers = [Peer(f"honest-{s}", "honest", "honest", s) for s in sorted(steps)]
     if adversaries == "none":
         modes: list[str] = []
     elif adversaries == "all":
@@ -365,6 +369,8 @@ def create_wallet_hotkey(wallets: Path, name: str) -> Any:
 def localnet(
     windows: int = typer.Option(6, "--windows", help="Windows to score before stopping."),
     honest: int = typer.Option(3, "--honest", help="Honest miners (2, 4, 8, ... inner steps)."),
+    honest_steps: str = typer.Option("", "--honest-steps",
+                                     help="Inner steps of each honest miner, e.g. 1,2,4,8,16,32 (overrides --honest)."),
     adversaries: str = typer.Option("all", "--adversaries", help="all, none, or a comma list of modes."),
     block_time: float = typer.Option(0.5, "--block-time", help="Seconds per local-chain block."),
     blocks_per_window: int = typer.Option(60, "--blocks-per-window", help="Blocks per window (60 x 0.5s = 30s)."),
@@ -386,7 +392,11 @@ def localnet(
     run_dir = (run_dir or Path(tempfile.mkdtemp(prefix="gauntlet-localnet-"))).resolve()
     if run_dir.exists() and any(run_dir.iterdir()):
         raise typer.BadParameter(f"{run_dir} is not empty; pick a new --dir")
-    peers = plan_peers(honest, adversaries)
+    try:
+        steps = [int(x) for x in honest_steps.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--honest-steps takes integers, got {honest_steps!r}") from None
+    peers = plan_peers(honest, adversaries, steps)
     net = LocalNet(run_dir, block_time=block_time, blocks_per_window=blocks_per_window, grace_s=grace_s,
                    api_port=api_port, seed=seed, validators=validators, late_windows=late_validator,
                    restart_delay_s=restart_delay)

@@ -1,4 +1,4 @@
-"""How a delta's size enters scoring and aggregation: ``cap`` (the default) or ``normalise``.
+"""How a delta's size enters scoring and aggregation: ``normalise`` (the default) or ``cap``.
 
 Why: a miner chooses its delta's size freely (multiply by k before encoding), and with the
 step capped at 3x the median norm a 4-step miner that scaled its delta by 3 doubled its
@@ -10,25 +10,25 @@ The rule (one factor, used by Stage 2 and by the outer step alike):
 * ``m`` = median norm of the window's accepted deltas (after the norm bounds of
   ``scoring.filters.check_norm``, so a few inflated or shrunk uploads cannot move it far);
 * a delta ``Δ`` is used as ``(m / ‖Δ‖)·Δ``: Stage 2 measures the loss at
-  ``θ - η·(m/‖Δ‖)·Δ`` (``η = eval_step_scale x outer lr``) and the aggregation combines
-  the same normalised deltas (``selected_mean``) before the outer lr.
+  ``θ - c·η·(m/‖Δ‖)·Δ`` (``η = eval_step_scale x outer lr``) for ``c`` = 1 and the
+  ``eval_reach`` multiples 4, 16, 64, and the aggregation combines the same normalised deltas
+  (``selected_mean``) before the outer lr.
 
 So ``k·Δ`` is scored and applied exactly like ``Δ`` for every ``k > 0``: what a miner controls
-is the direction, and its value is what that direction does to the loss at the size the
-subnet applies. The norm bounds still reject absurd sizes (beyond ``max_norm_ratio`` x the
-median), which loses the window rather than gaining anything. The 2-bit codec is
-scale-equivariant (its lookup table is per tensor), so scaling survives encoding exactly.
+is the direction, and its value is how far that direction keeps lowering the loss. The norm
+bounds still reject absurd sizes (beyond ``max_norm_ratio`` x the median), which loses the
+window rather than gaining anything. The 2-bit codec is scale-equivariant (its lookup table is
+per tensor), so scaling survives encoding exactly.
 
-Why ``normalise`` is not the default (``scoring.eval_norm``): on the tiny preset the value of a
-direction at a fixed norm *falls* with more inner steps (more epochs over the same few pages),
-so it paid 1- and 2-step miners and zeroed the 4- and 8-step ones, and a miner training on
-someone else's pages ranked with the best (0.31 of the weight in a 4-window local chain run):
-the per-page indicator is too noisy on 8-sequence pages to stop it. In the linear regime of the
-evaluation step any descent direction gains in proportion to its size, so no loss measurement
-tells more steps from a bigger step; effort has to be measured as data coverage before size
-can be ignored (benchmarks/RESULTS.md, "Effort"). ``cap`` keeps the previous rule: the step is
-capped at ``eval_clip_ratio`` x the median norm (inflating buys at most that factor) and the
-aggregate clips each tensor to the median.
+Why the reach: at the single step ``c = 1`` any descent direction gains about the same, and on
+the tiny preset a 1- or 2-step delta (close to one gradient) gained *more* than a 32-step one,
+so ``normalise`` alone paid low effort (benchmarks/RESULTS.md, "Effort"). More inner work shows
+as a direction that keeps helping further out; the best gain over the multiples ranks the
+effort ladder where the single step inverted it (``scoring.loss.reach_contribution``). Training
+on someone else's pages has reach too; the work gate (``scoring.work``) is what stops that.
+
+``cap`` keeps the earlier rule for comparison: the step is capped at ``eval_clip_ratio`` x the
+median norm (inflating buys up to that factor) and the aggregate clips each tensor to the median.
 """
 
 from __future__ import annotations

@@ -88,9 +88,11 @@ def test_adversaries_are_not_paid(tmp_path: Path) -> None:
         bound = 0.1 if n == "stale" else 0.02
         assert weight[n] <= bound and incentive[n] <= bound, (n, weight[n], incentive[n])
     assert sum(weight[n] for n in honest + gamers) >= 0.98, weight
-    # Gamers do real work (2 inner steps like honest-2, scaled by 3 or on half its pages). Under the
-    # default size rule ("cap", scoring.scale) scaling still buys up to 3x; the "normalise" rule that
-    # removes it is pinned by the unit tests (test_validator_evaluate) and benchmarks/effort.py.
+    # Gamers do real work (2 inner steps like honest-2, scaled by 3 or on half its pages). Every delta
+    # is scored at the window's median norm (scoring.scale), so scaling buys nothing: a 2-step delta
+    # times 3 does not out-earn the 8-step honest miner (it did under the old 3x cap). The exact
+    # equality of k x delta and delta is pinned by test_validator_evaluate and benchmarks/effort.py.
+    assert weight["scaled-3"] < weight["honest-8"], weight
     assert summary["validator_restarts"] == 0  # it survived every hostile payload
 
     # The API explains every adversary's result in the last scored window's receipts.

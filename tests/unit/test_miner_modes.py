@@ -129,6 +129,13 @@ def test_localnet_plans_every_mode_with_its_victims() -> None:
         plan_peers(1, "multi-copy")
     with pytest.raises(typer.BadParameter, match=r"valid: .*partial-pages"):
         plan_peers(1, "copycat,bogus")
+    # --honest-steps 1,2,4,8,16,32: the effort ladder of issue 11
+    ladder = plan_peers(3, "multi-copy", [32, 1, 2, 4, 8, 16])
+    assert [(p.name, p.steps) for p in ladder if p.kind == "honest"] == [
+        ("honest-1", 1), ("honest-2", 2), ("honest-4", 4), ("honest-8", 8), ("honest-16", 16), ("honest-32", 32)]
+    assert next(p for p in ladder if p.mode == "multi-copy").targets == ("honest-32", "honest-16")
+    with pytest.raises(typer.BadParameter, match="distinct"):
+        plan_peers(0, "none", [2, 2])
 
 
 # ----------------------------------------------------------------------------- multi-copy

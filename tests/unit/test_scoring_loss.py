@@ -109,3 +109,36 @@ def test_page_indicator_hand_computed() -> None:
     assert page_indicator([0.021, 0.05], 0.02, margin=0.1) == 0.0  # 0.001 < 10% of 0.02
     assert page_indicator([], 0.02) == -1.0
     assert update_bma(0.0, 0.5, 0.05) == pytest.approx(0.025)
+
+
+def test_reach_contribution_is_the_best_gain_along_the_direction() -> None:
+    from scoring.loss import reach_contribution
+
+    # before 5.0; after at 1, 4, 16, 64 x the step: 4.9, 4.6, 4.5, 5.2 -> gains 0.02, 0.08, 0.10, -0.04
+    assert reach_contribution(5.0, 4.9, [4.6, 4.5, 5.2]) == pytest.approx(0.10)
+    assert reach_contribution(5.0, 4.9, []) == pytest.approx(0.02)  # no reach: the step's own gain
+    assert reach_contribution(5.0, 5.1, [5.3, 6.0]) == pytest.approx(-0.02)  # noise: its least loss
+    with pytest.raises(ValueError):
+        reach_contribution(5.0, float("nan"), [4.0])
+
+
+def test_proof_of_work_removes_the_start_up_bias() -> None:
+    from scoring.work import proof_of_work
+
+    assert proof_of_work(0.05, 1, 0.05) == pytest.approx(1.0)  # one +1 window: 0.05 / (1 - 0.95)
+    # +1 then -1: bma = 0.95 * 0.05 - 0.05 = -0.0025; weight 1 - 0.95^2 = 0.0975 -> -0.025641
+    assert proof_of_work(-0.0025, 2, 0.05) == pytest.approx(-0.025641, abs=1e-6)
+    assert proof_of_work(0.9, 10_000, 0.05) == pytest.approx(0.9)  # long history: no correction
+    assert proof_of_work(0.3, 0, 0.05) == 0.0  # nothing evaluated: no proof
+    assert proof_of_work(0.06, 1, 0.05) == 1.0  # clipped to the indicator's range
+
+
+def test_work_gate_hand_computed() -> None:
+    from scoring.work import work_gate
+
+    assert work_gate(0.97, 0.8, 0.95) == 1.0  # honest miners: 0.97-1.00
+    assert work_gate(0.875, 0.8, 0.95) == pytest.approx(0.5)
+    assert work_gate(0.7, 0.8, 0.95) == 0.0  # half the pages someone else's: 0.67-0.73
+    assert work_gate(0.8, 0.8, 0.95) == 0.0
+    with pytest.raises(ValueError):
+        work_gate(0.9, 0.95, 0.8)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from protocol.model import ModelConfig, build_model
+from scoring.loss import reach_contribution
 from scoring.scale import cap_factor, normalising_factor, step_factor
 from validator.evaluate import EvalJob, EvalResult, WindowEvaluator, apply_in_place, eval_subset, restore
 
@@ -71,16 +72,34 @@ def test_scaled_delta_scores_like_the_original(seed: int) -> None:
     delta = _delta(model, 10 + seed)
     scaled = {n: (i, v * k) for n, (i, v) in delta.items()}
     median = 0.8 * _norm(delta)  # the window's median, from other peers
-    results = [ev.evaluate(EvalJob(hk, d, 0.2 * normalising_factor(_norm(d), median), (1, 2)))
+    reach = (4.0, 16.0, 64.0)
+    results = [ev.evaluate(EvalJob(hk, d, 0.2 * normalising_factor(_norm(d), median), (1, 2), reach))
                for hk, d in (("a", delta), ("b", scaled))]
     for key in ("loss_after_random", "loss_after_assigned"):
         assert getattr(results[0], key) == pytest.approx(getattr(results[1], key), rel=1e-5, abs=1e-6), (k, key)
+    score = [reach_contribution(r.loss_before_random, r.loss_after_random, [a for _c, a in r.reach_losses])
+             for r in results]
+    assert [c for c, _a in results[1].reach_losses] == list(reach)
+    assert score[0] == pytest.approx(score[1], rel=1e-4, abs=1e-7), k  # the score that is ranked
+
+
+def test_reach_measures_the_random_loss_further_along_the_direction() -> None:
+    model = build_model(CFG, seed=3)
+    ev = WindowEvaluator(model, FakePages(), random_page_ids=[7, 8])
+    delta = _delta(model, 5)
+    one = ev.evaluate(EvalJob("a", delta, 0.2, (1,)))
+    far = ev.evaluate(EvalJob("a", delta, 0.8, (1,)))  # 4 x the step
+    both = ev.evaluate(EvalJob("a", delta, 0.2, (1,), (4.0,)))
+    assert both.loss_after_random == one.loss_after_random and both.loss_after_assigned == one.loss_after_assigned
+    assert both.reach_losses == ((4.0, pytest.approx(far.loss_after_random, rel=1e-6)),)
+    assert one.reach_losses == ()
 
 
 def test_page_losses_are_per_assigned_page_and_survive_json() -> None:
     model = build_model(CFG, seed=3)
     ev = WindowEvaluator(model, FakePages(), random_page_ids=[7, 8])
-    r = ev.evaluate(EvalJob("a", _delta(model, 4), 0.2, (1, 2, 5)))
+    r = ev.evaluate(EvalJob("a", _delta(model, 4), 0.2, (1, 2, 5), (4.0, 16.0)))
+    assert len(r.reach_losses) == 2
     assert len(r.page_losses) == 3
     assert sum(b for b, _a in r.page_losses) / 3 == pytest.approx(r.loss_before_assigned, rel=1e-9)
     assert sum(a for _b, a in r.page_losses) / 3 == pytest.approx(r.loss_after_assigned, rel=1e-6)
