@@ -86,9 +86,7 @@ def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_bat
     comps = {n: Compressor(hp) for n in names}
     done = dict.fromkeys(models, 0)
     eta = hp.scoring.eval_step_scale * hp.outer.lr
-    rates: dict[str, ratings.Rating] = {}
-    peer = {n: final.PeerState() for n in names}
-    rows = []
+    measured: list[dict] = []
     for w in range(windows):
         own = {n: assigned_pages(w, n, hp.data.public_seed, store.num_pages, hp.data.pages_per_window) for n in names}
         other = {n: assigned_pages(w, n + "/not-mine", hp.data.public_seed, store.num_pages,
@@ -127,25 +125,54 @@ def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_bat
             at_step = contribution(r.loss_before_random, r.loss_after_random)
             ind[name] = page_indicator([relative_improvement(b, a) for b, a in r.page_losses], at_step,
                                        hp.scoring.indicator_margin)
-        rates = ratings.update_ratings(rates, contrib, hp.scoring)
-        for name in names:
-            bma = update_bma(peer[name].bma, ind[name], hp.scoring.indicator_alpha)
-            peer[name] = final.apply_penalties(peer[name], final.WindowOutcome.evaluated(w, rates[name], bma, 1.0),
-                                               hp.scoring)
-        scores = {i: peer[n].score for i, n in enumerate(names)}
-        weights = compute_weights(scores, WeightParams(top_n=32, power=1.0))
-        rows.append({"window": w, "median_norm": median,
-                     **{n: {"norm": norms[n], "contribution": contrib[n], "indicator": ind[n], "bma": peer[n].bma,
-                            "proof": final.work_proof(peer[n], hp.scoring),
-                            "gate": work_gate(final.work_proof(peer[n], hp.scoring), hp.scoring.proof_floor,
-                                              hp.scoring.proof_full),
-                            "score": peer[n].score, "weight": weights.get(i, 0.0)} for i, n in enumerate(names)}})
+        measured.append({"window": w, "median_norm": median,
+                         **{n: {"norm": norms[n], "contribution": contrib[n], "indicator": ind[n]} for n in names}})
         honest = [dense_to_update(decoded[f"honest-{s}"]) for s in steps]
         honest_norms = [norms[f"honest-{s}"] for s in steps]
         apply_update(state, outer_step(honest, honest_norms, {n: tuple(t.shape) for n, t in state.items()}, hp,
                                        statistics.median(honest_norms)))
-        print(f"window {w:2d}: " + " ".join(f"{n}={rows[-1][n]['weight']:.3f}" for n in names), flush=True)
-    return {"peers": names, "steps": steps, "rows": rows}
+        print(f"window {w:2d} contribution x1e3: " + " ".join(f"{n}={contrib[n] * 1e3:.2f}" for n in names),
+              flush=True)
+    return {"peers": names, "steps": steps, "hparams": hp.model_dump(mode="json"),
+            "rows": score_windows(measured, names, hp)}
+
+
+def score_windows(measured: list[dict], names: list[str], hp: HParams) -> list[dict]:
+    """Ratings, proof of work, gate, final score and weight per window, by the packaged rules.
+
+    Each twin ``x{k}`` is scored in a match of its own, in honest-4's place: in a subnet a scaled
+    delta is the miner's upload (a second peer uploading it beside the original is a copy, which
+    copy detection rejects), and five near-identical peers in one match would split one rank
+    between them and depress honest-4 as well. So the comparison is the one a miner faces: what
+    it earns with ``k x delta`` against what it earns with ``delta``.
+    """
+    sp = hp.scoring
+    twins = [n for n in names if n.startswith("x")]
+    base = [n for n in names if n not in twins]
+    scenarios: dict[str | None, list[str]] = {None: base, **{t: [t if n == "honest-4" else n for n in base]
+                                                            for t in twins}}
+    rates: dict[str | None, dict[str, ratings.Rating]] = {key: {} for key in scenarios}
+    peer = {key: {n: final.PeerState() for n in members} for key, members in scenarios.items()}
+    rows = []
+    for w, m in enumerate(measured):
+        row: dict = {"window": w, "median_norm": m["median_norm"]}
+        for key, members in scenarios.items():
+            rates[key] = ratings.update_ratings(rates[key], {n: m[n]["contribution"] for n in members}, sp)
+            for n in members:
+                bma = update_bma(peer[key][n].bma, m[n]["indicator"], sp.indicator_alpha)
+                peer[key][n] = final.apply_penalties(peer[key][n], final.WindowOutcome.evaluated(w, rates[key][n], bma,
+                                                                                                 1.0), sp)
+            weights = compute_weights({i: peer[key][n].score for i, n in enumerate(members)},
+                                      WeightParams(top_n=32, power=1.0))
+            for i, n in enumerate(members):
+                if key is None or n == key:
+                    st = peer[key][n]
+                    proof = final.work_proof(st, sp)
+                    row[n] = {**m[n], "bma": st.bma, "proof": proof,
+                              "gate": work_gate(proof, sp.proof_floor, sp.proof_full), "score": st.score,
+                              "weight": weights.get(i, 0.0)}
+        rows.append(row)
+    return rows
 
 
 def summarise(res: dict) -> dict:
@@ -191,9 +218,18 @@ def main() -> None:
     ap.add_argument("--inner-lr", type=float, help="inner AdamW lr (default: localnet's 1e-3)")
     ap.add_argument("--temperature", type=float, help="scoring.score_temperature (default: the packaged 5)")
     ap.add_argument("--json")
+    ap.add_argument("--rescore", metavar="JSON",
+                    help="score the measurements of an earlier --json run again (e.g. with --temperature) instead")
     args = ap.parse_args()
-    res = run(args.windows, [int(s) for s in args.steps.split(",")], args.seed, args.pages, args.micro_batch,
-              args.eval_norm, args.reach, args.temperature, args.inner_lr)
+    if args.rescore:
+        res = json.loads(Path(args.rescore).read_text())
+        hp = HParams.model_validate(res["hparams"]) if "hparams" in res else hparams()  # older files: packaged
+        if args.temperature is not None:
+            hp = hp.override(**{"scoring.score_temperature": args.temperature})
+        res["rows"] = score_windows(res["rows"], res["peers"], hp)
+    else:
+        res = run(args.windows, [int(s) for s in args.steps.split(",")], args.seed, args.pages, args.micro_batch,
+                  args.eval_norm, args.reach, args.temperature, args.inner_lr)
     summary = summarise(res)
     if args.json:
         Path(args.json).write_text(json.dumps({**res, "summary": summary}, indent=1))

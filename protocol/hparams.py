@@ -138,9 +138,9 @@ class ScoringParams(_Strict):
         0.95, gt=-1, le=1, description="Proof of work at or above which the work gate is fully open (linear between)."
     )
     score_temperature: float = Field(
-        5.0, gt=0,
-        description="Final score = exp(ordinal / T) x work gate x sync: every peer that proves its work earns, "
-        "and a rating 5T above another's earns e^5 (~150x) more (scoring.final).",
+        10.0, gt=0,
+        description="Final score = exp(ordinal / T) x work gate x sync: every peer that proves its work earns, in "
+        "rank order; an ordinal T above another's earns e (2.7x) more (scoring.final; 5 and 20 in RESULTS.md).",
     )
     indicator_margin: float = Field(
         0.0, ge=0,

@@ -7,7 +7,7 @@
   (``scoring.work.proof_of_work``) and ``gate`` 0 at or below ``proof_floor`` (0.8), 1 at or
   above ``proof_full`` (0.95), linear between (``scoring.work.work_gate``);
 * ``sync_score = (1 - min(steps_behind, 5) / 5) ^ 2.5`` (``sync_max_behind``, ``sync_exponent``);
-* ``T = score_temperature`` (5).
+* ``T = score_temperature`` (10).
 
 *Why exp(ordinal / T) and not the reference's ``max(0, ordinal)``.* Plackett-Luce moves mu
 roughly zero-sum, so with ``max(0, ordinal)`` every honest miner in the bottom half of the

@@ -168,17 +168,22 @@ def close(hotkey: str, field: str, published: Any, recomputed: Any, tol: Tol) ->
     return Check(hotkey, field, "match" if ok else "mismatch", published, recomputed, tol.describe())
 
 
-def _pages(hotkey: str, published: Any, recomputed: Any, tol: Tol) -> list[Check]:
-    """The per-page losses (``details.assigned_pages``): page ids exact, losses under the loss tolerance."""
+#: Lists of losses in ``details``: field, its exact key, its loss keys.
+LOSS_LISTS = (("details.assigned_pages", "page", ("before", "after")), ("details.reach", "multiple", ("after",)))
+
+
+def _loss_list(hotkey: str, field: str, key: str, losses: tuple[str, ...], published: Any, recomputed: Any,
+               tol: Tol) -> list[Check]:
+    """A list of losses (per assigned page, or along the direction): keys exact, losses under the loss tolerance."""
     pub = published if isinstance(published, list) else []
     rec = recomputed if isinstance(recomputed, list) else []
     if len(pub) != len(rec):
-        return [Check(hotkey, "details.assigned_pages", "mismatch", len(pub), len(rec), "page count")]
+        return [Check(hotkey, field, "mismatch", len(pub), len(rec), "entry count")]
     out: list[Check] = []
     for i, (p, r) in enumerate(zip(pub, rec, strict=True)):
         p, r = (p if isinstance(p, Mapping) else {}), (r if isinstance(r, Mapping) else {})
-        out.append(exact(hotkey, f"details.assigned_pages[{i}].page", p.get("page"), r.get("page")))
-        out.extend(close(hotkey, f"details.assigned_pages[{i}].{k}", p.get(k), r.get(k), tol) for k in ("before", "after"))
+        out.append(exact(hotkey, f"{field}[{i}].{key}", p.get(key), r.get(key)))
+        out.extend(close(hotkey, f"{field}[{i}].{k}", p.get(k), r.get(k), tol) for k in losses)
     return out
 
 
@@ -206,12 +211,12 @@ def compare_receipt(published: Mapping[str, Any], recomputed: Mapping[str, Any],
                                       recomputed.get("contribution"), tol.contribution))
     add("estimate", lambda: close(hotkey, "estimate", published.get("estimate"), recomputed.get("estimate"),
                                   tol.estimate))
-    if "details.assigned_pages" in skipped:
-        checks.append(Check(hotkey, "details.assigned_pages", "not recomputed", None, None,
-                            skipped["details.assigned_pages"]))
-    else:
-        checks.extend(_pages(hotkey, get(published, "details.assigned_pages"),
-                             get(recomputed, "details.assigned_pages"), tol.loss))
+    for field, key, losses in LOSS_LISTS:
+        if field in skipped:
+            checks.append(Check(hotkey, field, "not recomputed", None, None, skipped[field]))
+        else:
+            checks.extend(_loss_list(hotkey, field, key, losses, get(published, field), get(recomputed, field),
+                                     tol.loss))
     if published.get("setup") is not None:  # older validators published none
         for f in SETUP_EXACT:
             add(f, lambda f=f: exact(hotkey, f, get(published, f), get(recomputed, f)))

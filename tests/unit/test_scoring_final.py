@@ -58,15 +58,15 @@ def test_final_score_hand_computed() -> None:
 
 def test_evaluated_outcome_scores_through_the_work_gate() -> None:
     # First evaluated window: proof = bma / (1 - 0.95^1) = bma / 0.05.
-    high = Rating(30.0, 7.0)  # ordinal 9 -> e^1.8 = 6.049647
+    high = Rating(30.0, 7.0)  # ordinal 9 -> e^(9/10) = 2.459603
     full = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.05, 1.0), P)  # proof 1.0
-    assert full.score == pytest.approx(6.049647) and full.evaluated_windows == 1
+    assert full.score == pytest.approx(2.459603) and full.evaluated_windows == 1
     half = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.04375, 1.0), P)  # proof 0.875
-    assert half.score == pytest.approx(6.049647 * 0.5)  # (0.875 - 0.8) / (0.95 - 0.8) = 0.5
+    assert half.score == pytest.approx(2.459603 * 0.5)  # (0.875 - 0.8) / (0.95 - 0.8) = 0.5
     shut = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.035, 1.0), P)  # proof 0.7
     assert shut.score == 0.0
-    low = Rating(20.0, 7.0)  # ordinal -1 -> e^-0.2 = 0.818731: below the others, still paid
-    assert apply_penalties(PeerState(), WindowOutcome.evaluated(5, low, 0.05, 1.0), P).score == pytest.approx(0.818731)
+    low = Rating(20.0, 7.0)  # ordinal -1 -> e^-0.1 = 0.904837: below the others, still paid
+    assert apply_penalties(PeerState(), WindowOutcome.evaluated(5, low, 0.05, 1.0), P).score == pytest.approx(0.904837)
 
 
 @pytest.mark.parametrize(
@@ -125,8 +125,8 @@ def test_evaluation_restores_activity_and_sets_the_final_score() -> None:
     new_rating = Rating(30.0, 4.0)  # ordinal 30 - 12 = 18
     state = apply_penalties(state, WindowOutcome.evaluated(2, new_rating, 0.9, 0.8**2.5), P)
     # 31st window: proof = 0.9 / (1 - 0.95^31) = 0.9 / 0.796127 = 1.13 -> 1 (gate open);
-    # e^(18/5) = 36.598234, x 0.8^2.5 = 0.572433 -> 20.950052
-    assert state.score == pytest.approx(20.950052, rel=1e-6)
+    # e^(18/10) = 6.049647, x 0.8^2.5 = 0.572433 -> 3.463020
+    assert state.score == pytest.approx(3.463020, rel=1e-6)
     assert state.inactive_windows == 0 and state.evaluated_windows == 31
     assert (state.rating, state.bma) == (new_rating, 0.9)
 
@@ -154,9 +154,9 @@ def test_copy_resets_and_bans() -> None:
     during = apply_penalties(state, WindowOutcome.evaluated(150, GOOD, 0.9, 1.0), P)
     assert during == state
     # After the ban, evaluation counts again: 31st evaluated window, proof 0.9 / 0.796127 -> 1,
-    # exp(25 / 5) = 148.413159.
+    # exp(25 / 10) = 12.182494.
     after = apply_penalties(state, WindowOutcome.evaluated(301, GOOD, 0.9, 1.0), P)
-    assert after.score == pytest.approx(148.413159)
+    assert after.score == pytest.approx(12.182494)
 
 
 def test_copy_during_a_ban_extends_it_and_ban_can_only_grow() -> None:

@@ -55,10 +55,10 @@ def test_two_evaluated_peers_and_every_penalty() -> None:
     # sigma' = sigma * sqrt(1 - gamma sigma^2/c^2 p(1-p)), gamma = sigma/c -> 8.1669
     assert a.sigma == pytest.approx(8.1669, abs=1e-3)
     # a: ordinal 27.2562 - 3*8.1669 = 2.7555; first evaluated window, proof 0.05 / (1 - 0.95) = 1:
-    # gate open, score exp(2.7555 / 5) = 1.7352 (in sync: sync = 1)
+    # gate open, score exp(2.7555 / 10) = 1.3173 (in sync: sync = 1)
     assert a.evaluated_windows == 1
-    assert a.score == pytest.approx(math.exp((a.mu - 3 * a.sigma) / 5.0))
-    assert a.score == pytest.approx(1.7352, abs=1e-3)
+    assert a.score == pytest.approx(math.exp((a.mu - 3 * a.sigma) / 10.0))
+    assert a.score == pytest.approx(1.3173, abs=1e-3)
     assert b.sync == pytest.approx((1 - 1 / 5) ** 2.5)  # one window behind
     assert b.score == 0.0  # proof -1: the work gate is shut
     assert out["c"].score == pytest.approx(1.5) and out["c"].status == "missing"  # x0.75

@@ -52,7 +52,9 @@ class PeerPublic(Public):
     rating_sigma: float
     ordinal: float
     score: float
-    bma: float = Field(description="Moving average of the peer's indicator (its contribution signal).")
+    bma: float = Field(description="Moving average of the peer's per-page proof-of-work indicator; divided by "
+                       "1 - (1 - alpha)^evaluated_windows it is the proof the work gate reads (scoring.work).")
+    evaluated_windows: int = Field(0, description="Windows in which the peer was evaluated.")
     weight: float
     first_seen_window: int | None
     last_seen_window: int | None
@@ -238,6 +240,7 @@ def peer_public(peer: Peer, last_scored: int | None) -> PeerPublic:
         hotkey=peer.hotkey, uid=peer.uid, status=peer_status(peer, last_scored),
         rating_mu=peer.rating_mu, rating_sigma=peer.rating_sigma,
         ordinal=peer.rating_mu - 3.0 * peer.rating_sigma, score=peer.score, bma=peer.bma,
+        evaluated_windows=peer.evaluated_windows,
         weight=peer.weight, first_seen_window=peer.first_seen_window, last_seen_window=peer.last_seen_window,
         inactive_windows=peer.inactive_windows, banned_until_window=peer.banned_until_window,
         updated_at=_utc(peer.updated_at),
