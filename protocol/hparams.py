@@ -132,7 +132,7 @@ class ScoringParams(_Strict):
     proof_floor: float = Field(
         0.8, ge=-1, lt=1,
         description="Proof of work (bias-corrected bma, scoring.work.proof_of_work) at or below which a peer earns "
-        "nothing: a peer that trains on half its assigned pages averages ~0.5-0.7, an honest one 0.97-1.0.",
+        "nothing: a peer that trains on half its assigned pages averages ~0.7, an honest one 0.9-1.0.",
     )
     proof_full: float = Field(
         0.95, gt=-1, le=1, description="Proof of work at or above which the work gate is fully open (linear between)."

@@ -23,9 +23,10 @@ per tensor), so scaling survives encoding exactly.
 Why the reach: at the single step ``c = 1`` any descent direction gains about the same, and on
 the tiny preset a 1- or 2-step delta (close to one gradient) gained *more* than a 32-step one,
 so ``normalise`` alone paid low effort (benchmarks/RESULTS.md, "Effort"). More inner work shows
-as a direction that keeps helping further out; the best gain over the multiples ranks the
-effort ladder where the single step inverted it (``scoring.loss.reach_contribution``). Training
-on someone else's pages has reach too; the work gate (``scoring.work``) is what stops that.
+as a direction that keeps helping further out: with the multiples, 1, 2 and 4 steps rank in
+order of effort, and past ~8 steps over the same few sequences the delta really is worse
+(``scoring.loss.reach_contribution``). Training on someone else's pages has reach too; the work
+gate (``scoring.work``) is what stops that.
 
 ``cap`` keeps the earlier rule for comparison: the step is capped at ``eval_clip_ratio`` x the
 median norm (inflating buys up to that factor) and the aggregate clips each tensor to the median.
