@@ -130,12 +130,17 @@ class ScoringParams(_Strict):
     )
     indicator_alpha: float = Field(0.05, gt=0, le=1, description="bma <- (1-a)*bma + a*indicator.")
     proof_floor: float = Field(
-        0.8, ge=-1, lt=1,
+        0.5, ge=-1, lt=1,
         description="Proof of work (bias-corrected bma, scoring.work.proof_of_work) at or below which a peer earns "
-        "nothing: a peer that trains on half its assigned pages averages ~0.7, an honest one 0.9-1.0.",
+        "nothing: a peer that trains on half its assigned pages averages ~0.7 (keeps ~44%), an honest one 0.9-1.0.",
     )
     proof_full: float = Field(
-        0.95, gt=-1, le=1, description="Proof of work at or above which the work gate is fully open (linear between)."
+        1.0, gt=-1, le=1, description="Proof of work at or above which the work gate is fully open (linear between)."
+    )
+    proof_prior_windows: int = Field(
+        4, ge=0,
+        description="Virtual passed windows in front of a peer's first: one unlucky page early must not shut the "
+        "gate at one validator and not at another (scoring.work).",
     )
     score_temperature: float = Field(
         10.0, gt=0,

@@ -4,8 +4,8 @@
 
 * ``ordinal = mu - 3·sigma`` of the peer's OpenSkill rating (``scoring.ratings``);
 * ``proof`` the bias-corrected average of the per-page proof-of-work indicator
-  (``scoring.work.proof_of_work``) and ``gate`` 0 at or below ``proof_floor`` (0.8), 1 at or
-  above ``proof_full`` (0.95), linear between (``scoring.work.work_gate``);
+  (``scoring.work.proof_of_work``) and ``gate`` 0 at or below ``proof_floor`` (0.5), 1 at
+  ``proof_full`` (1.0), linear between (``scoring.work.work_gate``);
 * ``sync_score = (1 - min(steps_behind, 5) / 5) ^ 2.5`` (``sync_max_behind``, ``sync_exponent``);
 * ``T = score_temperature`` (10).
 
@@ -177,7 +177,7 @@ def full_reset(state: PeerState) -> PeerState:
 
 def work_proof(state: PeerState, params: ScoringParams) -> float:
     """The peer's bias-corrected proof of work (``scoring.work.proof_of_work``)."""
-    return proof_of_work(state.bma, state.evaluated_windows, params.indicator_alpha)
+    return proof_of_work(state.bma, state.evaluated_windows, params.indicator_alpha, params.proof_prior_windows)
 
 
 def _evaluated(state: PeerState, outcome: WindowOutcome, params: ScoringParams) -> PeerState:

@@ -57,14 +57,17 @@ def test_final_score_hand_computed() -> None:
 
 
 def test_evaluated_outcome_scores_through_the_work_gate() -> None:
-    # First evaluated window: proof = bma / (1 - 0.95^1) = bma / 0.05.
+    # First evaluated window after 4 virtual passed ones: proof = (bma + 0.95 x (1 - 0.95^4)) / (1 - 0.95^5)
+    # = (bma + 0.176219) / 0.226219; gate = (proof - 0.5) / (1 - 0.5).
     high = Rating(30.0, 7.0)  # ordinal 9 -> e^(9/10) = 2.459603
-    full = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.05, 1.0), P)  # proof 1.0
+    full = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.05, 1.0), P)  # indicator +1: proof 1
     assert full.score == pytest.approx(2.459603) and full.evaluated_windows == 1
-    half = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.04375, 1.0), P)  # proof 0.875
-    assert half.score == pytest.approx(2.459603 * 0.5)  # (0.875 - 0.8) / (0.95 - 0.8) = 0.5
-    shut = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.035, 1.0), P)  # proof 0.7
-    assert shut.score == 0.0
+    half = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.0, 1.0), P)  # indicator 0: proof 0.778975
+    assert half.score == pytest.approx(2.459603 * 0.557951, rel=1e-5)
+    low = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, -0.05, 1.0), P)  # -1: proof 0.557951
+    assert low.score == pytest.approx(2.459603 * 0.115901, rel=1e-4)
+    shut = apply_penalties(PeerState(evaluated_windows=40), WindowOutcome.evaluated(45, high, 0.4, 1.0), P)
+    assert shut.score == 0.0  # a long record below 0.5: the gate is shut
     low = Rating(20.0, 7.0)  # ordinal -1 -> e^-0.1 = 0.904837: below the others, still paid
     assert apply_penalties(PeerState(), WindowOutcome.evaluated(5, low, 0.05, 1.0), P).score == pytest.approx(0.904837)
 

@@ -131,12 +131,16 @@ def test_proof_of_work_removes_the_start_up_bias() -> None:
     assert proof_of_work(0.9, 10_000, 0.05) == pytest.approx(0.9)  # long history: no correction
     assert proof_of_work(0.3, 0, 0.05) == 0.0  # nothing evaluated: no proof
     assert proof_of_work(0.06, 1, 0.05) == 1.0  # clipped to the indicator's range
+    # 4 virtual passed windows in front: a newcomer starts at 1.0, one 0-window leaves 0.778975
+    assert proof_of_work(0.0, 0, 0.05, 4) == 1.0
+    assert proof_of_work(0.0, 1, 0.05, 4) == pytest.approx(0.176219 / 0.226219, rel=1e-5)
 
 
 def test_work_gate_hand_computed() -> None:
     from scoring.work import work_gate
 
-    assert work_gate(0.97, 0.8, 0.95) == 1.0  # honest miners: 0.97-1.00
+    assert work_gate(0.72, 0.5, 1.0) == pytest.approx(0.44)  # packaged: half the pages someone else's
+    assert work_gate(0.97, 0.8, 0.95) == 1.0  # a steeper gate
     assert work_gate(0.875, 0.8, 0.95) == pytest.approx(0.5)
     assert work_gate(0.7, 0.8, 0.95) == 0.0  # half the pages someone else's: 0.67-0.73
     assert work_gate(0.8, 0.8, 0.95) == 0.0

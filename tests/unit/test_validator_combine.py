@@ -60,7 +60,8 @@ def test_two_evaluated_peers_and_every_penalty() -> None:
     assert a.score == pytest.approx(math.exp((a.mu - 3 * a.sigma) / 10.0))
     assert a.score == pytest.approx(1.3173, abs=1e-3)
     assert b.sync == pytest.approx((1 - 1 / 5) ** 2.5)  # one window behind
-    assert b.score == 0.0  # proof -1: the work gate is shut
+    # b: indicator -1 after 4 virtual passes: proof 0.557951, gate 0.115901, one window behind
+    assert b.score == pytest.approx(math.exp((b.mu - 3 * b.sigma) / 10.0) * 0.115901 * (1 - 1 / 5) ** 2.5, rel=1e-4)
     assert out["c"].score == pytest.approx(1.5) and out["c"].status == "missing"  # x0.75
     assert out["d"].score == 0.0 and out["d"].banned_until == W + HP.scoring.copy_ban_windows
     assert out["e"].score == 0.0 and out["e"].status == "rejected"
