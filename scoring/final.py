@@ -7,7 +7,8 @@
   (``scoring.work.proof_of_work``) and ``gate`` 0 at or below ``proof_floor`` (0.5), 1 at
   ``proof_full`` (1.0), linear between (``scoring.work.work_gate``);
 * ``sync_score = (1 - min(steps_behind, 5) / 5) ^ 2.5`` (``sync_max_behind``, ``sync_exponent``);
-* ``T = score_temperature`` (10).
+* ``T = score_temperature`` (20: lower makes near-ties between equally good miners, which
+  each validator breaks with its own random pages, swing weights between validators).
 
 *Why exp(ordinal / T) and not the reference's ``max(0, ordinal)``.* Plackett-Luce moves mu
 roughly zero-sum, so with ``max(0, ordinal)`` every honest miner in the bottom half of the

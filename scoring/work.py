@@ -13,9 +13,11 @@ exponential average (``scoring.loss.update_bma``). Here that average becomes a d
 
 Measured (benchmarks/effort.py, tiny preset, both assigned pages evaluated, 30 windows): honest
 miners of 2..32 inner steps average +1.00 and the 1-step one +0.90; one that trains half its pages
-on another hotkey's +0.73; one that trains only other pages +0.07, noise +0.13. Over 180 honest
-miner-windows the gate was never shut and below 1 in 9.4% (all honest-1's); partial work was shut
-out from window 14 on. Pure functions, no I/O.
+on another hotkey's +0.73; one that trains only other pages +0.07, noise +0.13. Wrong pages and
+noise are shut out from the first windows; the half-page miner keeps ~64% of its pay. A steeper
+gate (0.8 to 0.95) shut it out too, but on the local chain 12% of honest miner-windows fail a
+page, each validator against its own random pages, so that gate split the validators.
+Pure functions, no I/O.
 """
 
 from __future__ import annotations
