@@ -185,7 +185,7 @@ def summarise(res: dict) -> dict:
     fails = [r[n]["indicator"] <= 0 for r in rows for n in honest]
     bma_fail = [r[n]["bma"] <= 0 for r in rows[5:] for n in honest]
     gate_shut = [r[n]["gate"] == 0 for r in rows for n in honest]
-    gate_partly = [r[n]["gate"] < 1 for r in rows for n in honest]
+    gate_partly = [r[n]["gate"] < 0.99 for r in rows for n in honest]  # full=1.0 is reached only in the limit
     median_honest = statistics.median(late[n] for n in honest)
     others = [n for n in names if n not in honest and not n.startswith("x")]
     twin_gap = max(abs(r[t]["contribution"] - r["honest-4"]["contribution"]) for r in rows
