@@ -217,7 +217,7 @@ def main() -> None:
     ap.add_argument("--eval-norm", choices=["normalise", "cap"], default="normalise", help="size rule (scoring.scale)")
     ap.add_argument("--reach", help="scoring.eval_reach as a comma list ('' = the step only; default: packaged)")
     ap.add_argument("--inner-lr", type=float, help="inner AdamW lr (default: localnet's 1e-3)")
-    ap.add_argument("--temperature", type=float, help="scoring.score_temperature (default: the packaged 5)")
+    ap.add_argument("--temperature", type=float, help="scoring.score_temperature: exp(ordinal / T) instead of max(0, ordinal)")
     ap.add_argument("--json")
     ap.add_argument("--rescore", metavar="JSON",
                     help="score the measurements of an earlier --json run again (e.g. with --temperature) instead")

@@ -142,11 +142,11 @@ class ScoringParams(_Strict):
         description="Virtual passed windows in front of a peer's first: one unlucky page early must not shut the "
         "gate at one validator and not at another (scoring.work).",
     )
-    score_temperature: float = Field(
-        20.0, gt=0,
-        description="Final score = exp(ordinal / T) x work gate x sync: every peer that proves its work earns, in "
-        "rank order; an ordinal T above another's earns e (2.7x) more. At 10, validators that broke a near-tie "
-        "between two honest miners differently shared only 67-80% of their weight (scoring.final).",
+    score_temperature: float | None = Field(
+        None, gt=0,
+        description="None: final score = max(0, ordinal) x work gate x sync. A number T: exp(ordinal / T) x gate x "
+        "sync, which pays every gated-in peer in rank order, low effort included, but also pays valid noise "
+        "while the gate's prior outweighs its evidence (scoring.final; benchmarks/RESULTS.md, Effort).",
     )
     indicator_margin: float = Field(
         0.0, ge=0,

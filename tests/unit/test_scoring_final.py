@@ -54,22 +54,28 @@ def test_final_score_hand_computed() -> None:
     assert final_score(25.0, 0.0, 1.0, 5.0) == 0.0  # gate closed: no proof of work, no pay
     assert final_score(25.0, 1.0, 0.0, 5.0) == 0.0
     assert final_score(1e6, 1.0, 1.0, 5.0) == pytest.approx(math.exp(50.0))  # capped, finite
+    # packaged (no temperature): max(0, ordinal) x gate x sync
+    assert final_score(10.0, 0.5, 0.278855) == pytest.approx(1.394275)  # 5 x 0.278855
+    assert final_score(-3.0, 1.0, 1.0) == 0.0  # a negative ordinal earns nothing
+    assert final_score(0.0, 1.0, 1.0) == 0.0  # nor does a newcomer's 0
 
 
 def test_evaluated_outcome_scores_through_the_work_gate() -> None:
     # First evaluated window after 4 virtual passed ones: proof = (bma + 0.95 x (1 - 0.95^4)) / (1 - 0.95^5)
     # = (bma + 0.176219) / 0.226219; gate = (proof - 0.5) / (1 - 0.5).
-    high = Rating(30.0, 7.0)  # ordinal 9 -> e^(9/20) = 1.568312
+    high = Rating(30.0, 7.0)  # ordinal 9
     full = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.05, 1.0), P)  # indicator +1: proof 1
-    assert full.score == pytest.approx(1.568312) and full.evaluated_windows == 1
+    assert full.score == pytest.approx(9.0) and full.evaluated_windows == 1
     half = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.0, 1.0), P)  # indicator 0: proof 0.778975
-    assert half.score == pytest.approx(1.568312 * 0.557951, rel=1e-5)
+    assert half.score == pytest.approx(9 * 0.557951, rel=1e-5)  # 5.021559
     low = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, -0.05, 1.0), P)  # -1: proof 0.557951
-    assert low.score == pytest.approx(1.568312 * 0.115901, rel=1e-4)
+    assert low.score == pytest.approx(9 * 0.115901, rel=1e-4)  # 1.043109
     shut = apply_penalties(PeerState(evaluated_windows=40), WindowOutcome.evaluated(45, high, 0.4, 1.0), P)
     assert shut.score == 0.0  # a long record below 0.5: the gate is shut
-    low = Rating(20.0, 7.0)  # ordinal -1 -> e^-0.05 = 0.951229: below the others, still paid
-    assert apply_penalties(PeerState(), WindowOutcome.evaluated(5, low, 0.05, 1.0), P).score == pytest.approx(0.951229)
+    low = Rating(20.0, 7.0)  # ordinal -1: nothing, proof or not
+    assert apply_penalties(PeerState(), WindowOutcome.evaluated(5, low, 0.05, 1.0), P).score == 0.0
+    exp = ScoringParams(score_temperature=20.0)  # the measured alternative: e^(-1/20) = 0.951229
+    assert apply_penalties(PeerState(), WindowOutcome.evaluated(5, low, 0.05, 1.0), exp).score == pytest.approx(0.951229)
 
 
 @pytest.mark.parametrize(
@@ -128,8 +134,8 @@ def test_evaluation_restores_activity_and_sets_the_final_score() -> None:
     new_rating = Rating(30.0, 4.0)  # ordinal 30 - 12 = 18
     state = apply_penalties(state, WindowOutcome.evaluated(2, new_rating, 0.9, 0.8**2.5), P)
     # 31st window: proof = 0.9 / (1 - 0.95^31) = 0.9 / 0.796127 = 1.13 -> 1 (gate open);
-    # e^(18/20) = 2.459603, x 0.8^2.5 = 0.572433 -> 1.407958
-    assert state.score == pytest.approx(1.407958, rel=1e-6)
+    # 18 x 0.8^2.5 = 18 x 0.572433 -> 10.303801
+    assert state.score == pytest.approx(10.303801, rel=1e-6)
     assert state.inactive_windows == 0 and state.evaluated_windows == 31
     assert (state.rating, state.bma) == (new_rating, 0.9)
 
@@ -157,9 +163,9 @@ def test_copy_resets_and_bans() -> None:
     during = apply_penalties(state, WindowOutcome.evaluated(150, GOOD, 0.9, 1.0), P)
     assert during == state
     # After the ban, evaluation counts again: 31st evaluated window, proof 0.9 / 0.796127 -> 1,
-    # exp(25 / 20) = 3.490343.
+    # ordinal 25 x gate 1.
     after = apply_penalties(state, WindowOutcome.evaluated(301, GOOD, 0.9, 1.0), P)
-    assert after.score == pytest.approx(3.490343)
+    assert after.score == pytest.approx(25.0)
 
 
 def test_copy_during_a_ban_extends_it_and_ban_can_only_grow() -> None:

@@ -5,8 +5,6 @@ Run: ``pytest tests/unit/test_validator_combine.py -q``
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -55,13 +53,13 @@ def test_two_evaluated_peers_and_every_penalty() -> None:
     # sigma' = sigma * sqrt(1 - gamma sigma^2/c^2 p(1-p)), gamma = sigma/c -> 8.1669
     assert a.sigma == pytest.approx(8.1669, abs=1e-3)
     # a: ordinal 27.2562 - 3*8.1669 = 2.7555; first evaluated window, proof 0.05 / (1 - 0.95) = 1:
-    # gate open, score exp(2.7555 / 20) = 1.1477 (in sync: sync = 1)
+    # gate open, score = ordinal 2.7555 (in sync: sync = 1)
     assert a.evaluated_windows == 1
-    assert a.score == pytest.approx(math.exp((a.mu - 3 * a.sigma) / 20.0))
-    assert a.score == pytest.approx(1.1477, abs=1e-3)
+    assert a.score == pytest.approx(a.mu - 3 * a.sigma)
+    assert a.score == pytest.approx(2.7555, abs=1e-3)
     assert b.sync == pytest.approx((1 - 1 / 5) ** 2.5)  # one window behind
     # b: indicator -1 after 4 virtual passes: proof 0.557951, gate 0.115901, one window behind
-    assert b.score == pytest.approx(math.exp((b.mu - 3 * b.sigma) / 20.0) * 0.115901 * (1 - 1 / 5) ** 2.5, rel=1e-4)
+    assert b.mu - 3 * b.sigma < 0 and b.score == 0.0  # and its ordinal is negative: nothing
     assert out["c"].score == pytest.approx(1.5) and out["c"].status == "missing"  # x0.75
     assert out["d"].score == 0.0 and out["d"].banned_until == W + HP.scoring.copy_ban_windows
     assert out["e"].score == 0.0 and out["e"].status == "rejected"
