@@ -106,10 +106,11 @@ class ScoringParams(_Strict):
         0.8, gt=0, description="Evaluation step = scale x outer lr (0.8 x 0.25 = 0.2, the step benchmarks/effort.py measured)."
     )
     eval_norm: Literal["cap", "normalise"] = Field(
-        "normalise",
-        description="How a delta's size enters Stage 2 and the aggregate (scoring.scale): 'normalise' every delta to "
-        "the median norm (scale-invariant: k x delta scores and aggregates as delta), or the older 'cap' at "
-        "eval_clip_ratio x the median norm, under which inflating a delta pays up to that factor.",
+        "cap",
+        description="How a delta's size enters Stage 2 and the aggregate (scoring.scale): 'cap' at eval_clip_ratio x "
+        "the median norm (inflating a delta pays up to that factor), or 'normalise' every delta to the median norm "
+        "(scale-invariant; on the local chain it leaves 2-8-step honest miners near-tied, each validator breaks the "
+        "ties with its own random pages, and three validators shared only 58-76% of their weight; RESULTS.md Effort).",
     )
     eval_reach: tuple[float, ...] = Field(
         (4.0, 16.0, 64.0),

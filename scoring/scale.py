@@ -1,4 +1,12 @@
-"""How a delta's size enters scoring and aggregation: ``normalise`` (the default) or ``cap``.
+"""How a delta's size enters scoring and aggregation: ``cap`` (the default) or ``normalise``.
+
+*Why ``cap`` is still the default.* ``normalise`` removes the magnitude game exactly (every
+k earns what k = 1 earns, benchmarks/RESULTS.md "Effort"), but on the local chain honest miners
+of 2, 4 and 8 inner steps then score nearly alike; each validator breaks those near-ties with
+its own secret random pages, and three validators' weights shared only 58-76% of their mass in
+some epochs (tests/e2e/test_validators.py asks 80%). It needs an evaluation that every
+validator computes alike for the ranking's fine print (or pay that does not amplify near-ties)
+before it can be the default.
 
 Why: a miner chooses its delta's size freely (multiply by k before encoding), and with the
 step capped at 3x the median norm a 4-step miner that scaled its delta by 3 doubled its

@@ -9,8 +9,8 @@ For window W every evaluated peer gets:
 
 "After" means theta_W with the evaluation step applied: theta - eta * c * delta, where
 eta = ``eval_step_scale`` x outer lr and c is the subnet's size rule (``scoring.scale``):
-median / norm (the default ``normalise``: the direction only, so k x delta scores as delta), or
-min(1, cap / norm) with cap = ``eval_clip_ratio`` x the window's median norm. The random-page loss
+min(1, cap / norm) with cap = ``eval_clip_ratio`` x the window's median norm (the default
+``cap``), or median / norm (``normalise``: the direction only, so k x delta scores as delta). The random-page loss
 is also measured further along the direction, at ``eval_reach`` multiples of that step (4, 16,
 64): the contribution is the best gain over them (``scoring.loss.reach_contribution``).
 

@@ -24,6 +24,7 @@ from protocol.hparams import HParams
 from protocol.pages import assigned_pages
 from protocol.settings import load_settings
 from protocol.storage import delta_key
+from scoring.scale import step_factor
 from validator import service, simulate
 from validator.api.app import create_app
 from validator.api.schemas import Receipt
@@ -104,8 +105,9 @@ def test_every_receipt_of_both_windows_matches(scored: dict[str, Any]) -> None:
     setup = receipt.setup  # what the receipt now carries
     assert setup is not None and (setup.device, setup.dtype, setup.evaluator) == ("cpu", "float32", "validator")
     assert setup.upload_url == net.miners[0].url and setup.model == HP.model
-    # normalised to the window's median norm (scoring.scale)
-    assert setup.step_factor == pytest.approx(receipt.details["median_norm"] / receipt.details["norm"])
+    # the size rule's factor (scoring.scale)
+    assert setup.step_factor == pytest.approx(step_factor(receipt.details["norm"], receipt.details["median_norm"],
+                                                          HP.scoring.eval_norm, HP.scoring.eval_clip_ratio))
     assert [c["multiple"] for c in receipt.details["reach"]] == list(HP.scoring.eval_reach)
     single = audit(api, inputs, 1, m[0])
     assert single.ok and single.hotkeys == [m[0]] and any("published receipts" in n for n in single.notes)
