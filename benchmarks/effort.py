@@ -55,7 +55,7 @@ def hparams(pages: int = 2, micro_batch: int = 8, eval_norm: str = "normalise", 
 
     hp = localnet_hparams(60, 2.0)
     extra: dict = {}
-    # The packaged reach (localnet trims it to fit 25 peers on two cores; this measures the rule itself).
+    # The packaged reach (localnet turns it off to fit 25 peers on two cores; this measures the rule itself).
     extra["scoring.eval_reach"] = (HParams().scoring.eval_reach if reach is None
                                    else tuple(float(c) for c in reach.split(",") if c.strip()))
     if inner_lr is not None:
