@@ -7,11 +7,13 @@ file maps DB rows in and :class:`PeerOutcome` rows out, with no I/O of its own.
 Per registered peer, exactly one of:
 
 * **evaluated** (passed both stages): contribution = best relative improvement of the random
-  loss along the normalised direction (``scoring.loss.reach_contribution``); indicator = mean
-  over the assigned pages of +1 where the page's improvement beats the random one at the
-  evaluation step, else -1; bma <- (1-a) bma + a indicator; the OpenSkill (Plackett-Luce)
-  update ranks all evaluated peers of the window by contribution; final =
-  exp(ordinal / T) x work gate(bias-corrected bma) x sync_score (``scoring.final``).
+  loss at the evaluation step and its ``eval_reach`` multiples along the delta, sized by the size
+  rule (``scoring.scale``, ``scoring.loss.reach_contribution``); indicator = mean over the
+  assigned pages of +1 where the page's improvement beats the random one at the evaluation step,
+  else -1; bma <- (1-a) bma + a indicator; the OpenSkill (Plackett-Luce) update ranks all
+  evaluated peers of the window by contribution; final = max(0, ordinal) x work
+  gate(bias-corrected bma) x sync_score, or exp(ordinal / T) with ``score_temperature``
+  (``scoring.final``).
 * otherwise a ``scoring.final.WindowOutcome`` chosen from the stored reason (missing /
   timeout / storage unavailable / foreign / wrong window -> missing; late / early -> late;
   out_of_sync; copy or replay -> copy; our own evaluation failure -> inactive; anything
