@@ -19,15 +19,14 @@ weight set is claimed in the DB (unique per window) *before* the extrinsic is se
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from chain.base import Chain, Metagraph
+from protocol import faults
 from protocol.codec import CodecConfig
 from protocol.follow import Follower, declared_validators, publish_deadline
 from protocol.global_model import GlobalModel, OutOfSync
@@ -88,13 +87,6 @@ class WindowReport:
     num_evaluated: int = 0
     aggregate_peers: int = 0
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def crash_point(name: str) -> None:
-    """Test hook: ``GAUNTLET_VALIDATOR_CRASH_AT=<name>`` kills this process (SIGKILL) right here."""
-    if os.environ.get("GAUNTLET_VALIDATOR_CRASH_AT") == name:
-        log.warning("crash point %s: killing the process", name)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def window_times(chain: Chain, window: int, hp: HParams) -> WindowTimes:
@@ -192,7 +184,7 @@ def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
                                  unevaluated=plan.unevaluated)
     with metrics.timed("aggregate", timings):
         published = publish_proposal(ctx.own_storage, ctx.keypair, window, model, s1, outcome, ctx.hp)
-    crash_point("after_publish")
+    faults.point("after_publish")  # restart tests kill the process here (testing.faults)
     with metrics.timed("persist", timings):
         receipts = build_receipts(window, s1, plan, results, outcome, prev=prev, base_hash=model.hash,
                                   seed_hex=seed.hex(), setup=evaluation_setup(ctx.hp, ctx.stage2.pages))
