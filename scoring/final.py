@@ -53,7 +53,7 @@ from scoring.work import proof_of_work, work_gate
 __all__ = [
     "Outcome",
     "PeerState",
-    "WindowOutcome",
+    "Verdict",
     "apply_penalties",
     "final_score",
     "full_reset",
@@ -119,7 +119,7 @@ class PeerState:
 
 
 @dataclass(frozen=True, slots=True)
-class WindowOutcome:
+class Verdict:
     """One window's outcome for one peer. Build it with the class methods.
 
     ``reason`` carries the rejection for ``invalid`` and ``"copy"``/``"replay"`` for
@@ -134,35 +134,35 @@ class WindowOutcome:
     sync: float = 1.0
 
     @classmethod
-    def evaluated(cls, window: int, rating: Rating, bma: float, sync: float) -> WindowOutcome:
+    def evaluated(cls, window: int, rating: Rating, bma: float, sync: float) -> Verdict:
         return cls(Outcome.EVALUATED, window, rating=rating, bma=bma, sync=sync)
 
     @classmethod
-    def missing(cls, window: int) -> WindowOutcome:
+    def missing(cls, window: int) -> Verdict:
         return cls(Outcome.MISSING, window)
 
     @classmethod
-    def late(cls, window: int) -> WindowOutcome:
+    def late(cls, window: int) -> Verdict:
         return cls(Outcome.LATE, window)
 
     @classmethod
-    def out_of_sync(cls, window: int) -> WindowOutcome:
+    def out_of_sync(cls, window: int) -> Verdict:
         return cls(Outcome.OUT_OF_SYNC, window)
 
     @classmethod
-    def inactive(cls, window: int) -> WindowOutcome:
+    def inactive(cls, window: int) -> Verdict:
         return cls(Outcome.INACTIVE, window)
 
     @classmethod
-    def invalid(cls, window: int, reason: str) -> WindowOutcome:
+    def invalid(cls, window: int, reason: str) -> Verdict:
         return cls(Outcome.INVALID, window, reason=reason)
 
     @classmethod
-    def copy(cls, window: int, kind: str = "copy") -> WindowOutcome:
+    def copy(cls, window: int, kind: str = "copy") -> Verdict:
         return cls(Outcome.COPY, window, reason=kind)
 
     @classmethod
-    def unevaluated(cls, window: int) -> WindowOutcome:
+    def unevaluated(cls, window: int) -> Verdict:
         return cls(Outcome.UNEVALUATED, window)
 
 
@@ -183,7 +183,7 @@ def work_proof(state: PeerState, params: ScoringParams) -> float:
     return proof_of_work(state.bma, state.evaluated_windows, params.indicator_alpha, params.proof_prior_windows)
 
 
-def _evaluated(state: PeerState, outcome: WindowOutcome, params: ScoringParams) -> PeerState:
+def _evaluated(state: PeerState, outcome: Verdict, params: ScoringParams) -> PeerState:
     if outcome.rating is None or outcome.bma is None:
         raise ValueError("an evaluated outcome needs the new rating and bma")
     new = replace(state, rating=outcome.rating, bma=outcome.bma, inactive_windows=0,
@@ -192,7 +192,7 @@ def _evaluated(state: PeerState, outcome: WindowOutcome, params: ScoringParams) 
     return replace(new, score=final_score(ordinal(outcome.rating), gate, outcome.sync, params.score_temperature))
 
 
-def _unproductive(state: PeerState, outcome: WindowOutcome, params: ScoringParams) -> PeerState:
+def _unproductive(state: PeerState, outcome: Verdict, params: ScoringParams) -> PeerState:
     idle = replace(state, inactive_windows=state.inactive_windows + 1)
     if idle.inactive_windows > params.inactivity_reset_windows:
         return full_reset(idle)
@@ -201,7 +201,7 @@ def _unproductive(state: PeerState, outcome: WindowOutcome, params: ScoringParam
     return replace(idle, score=state.score * params.inactivity_decay)
 
 
-def apply_penalties(state: PeerState, outcome: WindowOutcome, params: ScoringParams) -> PeerState:
+def apply_penalties(state: PeerState, outcome: Verdict, params: ScoringParams) -> PeerState:
     """The peer's state after ``outcome``; ``state`` is not modified.
 
     A banned peer scores 0 and its upload, even if evaluated, changes nothing else; a copy

@@ -52,11 +52,13 @@ from protocol.peer_storage import EndpointPolicy
 from protocol.storage import Storage, StorageError
 from protocol.sync import SyncError
 from scoring.filters import Rejection
+from scoring.final import PeerState, is_banned
+from scoring.ratings import DEFAULT_MU, DEFAULT_SIGMA, Rating
 from validator.api.schemas import Receipt, receipt
 from validator.audit_api import AuditError, ScoreApi
 from validator.audit_compare import Check, Tolerances, compare_receipt, tolerances
 from validator.collect import Collected, StorageCache, collect_window
-from validator.combine import COPY_REASONS, DEFAULT_MU, DEFAULT_SIGMA, PeerPrev, combine_window
+from validator.combine import COPY_REASONS, combine_window
 from validator.db.models import Evaluation
 from validator.evaluate import EvalResult, PageSource, WindowEvaluator
 from validator.receipts import build_receipts, evaluation_setup, hparams_digest
@@ -146,7 +148,7 @@ def follow_theta(inputs: AuditInputs, window: int) -> tuple[GlobalModel, dict[st
     return model, hashes
 
 
-def previous_state(hotkey: str, history: list[Receipt], window: int, hp: HParams) -> PeerPrev:
+def previous_state(history: list[Receipt], window: int, hp: HParams) -> PeerState:
     """The peer's state before ``window`` as its earlier receipts publish it (``scoring.final`` rules).
 
     Rating, moving average and score are the last receipt's "after" values; the idle count and
@@ -156,7 +158,7 @@ def previous_state(hotkey: str, history: list[Receipt], window: int, hp: HParams
     """
     rows = sorted((r for r in history if r.window < window), key=lambda r: -r.window)
     if not rows:
-        return PeerPrev(hotkey)
+        return PeerState()
     last = rows[0]
     inactive = 0
     for r in rows:
@@ -167,8 +169,8 @@ def previous_state(hotkey: str, history: list[Receipt], window: int, hp: HParams
     copies = [r.window for r in rows if r.reject_reason in COPY_REASONS]
     banned_until = max(copies) + hp.scoring.copy_ban_windows if copies else None
     evaluated = sum(1 for r in rows if r.status == "accepted")
-    return PeerPrev(hotkey, _or(last.rating_mu_after, DEFAULT_MU), _or(last.rating_sigma_after, DEFAULT_SIGMA),
-                    _or(last.bma_after, 0.0), _or(last.final_score, 0.0), inactive, banned_until, evaluated)
+    rating = Rating(_or(last.rating_mu_after, DEFAULT_MU), _or(last.rating_sigma_after, DEFAULT_SIGMA))
+    return PeerState(rating, _or(last.bma_after, 0.0), _or(last.final_score, 0.0), inactive, banned_until, evaluated)
 
 
 def _or(value: float | None, default: float) -> float:
@@ -228,12 +230,12 @@ def _placeholder(r: Receipt) -> tuple[Candidate, Collected]:
 
 
 def stage1(inputs: AuditInputs, window: int, *, targets: list[str], receipts: Mapping[str, Receipt],
-           collected: dict[str, Collected], prev: Mapping[str, PeerPrev], recent_hashes: Mapping[str, int],
+           collected: dict[str, Collected], prev: Mapping[str, PeerState], recent_hashes: Mapping[str, int],
            shapes: Mapping[str, tuple[int, ...]], seed: bytes, whole_window: bool,
            ) -> tuple[Stage1Result, dict[str, list[tuple[str, str]]]]:
     """The validator's Stage 1 on the fetched uploads; returns it and, per target, fields taken as published."""
     hp = inputs.hp
-    banned = [hk for hk in targets if prev[hk].banned_until is not None and prev[hk].banned_until >= window]
+    banned = [hk for hk in targets if is_banned(prev[hk], window)]
     common = {"window": window, "hp": hp, "shapes": shapes, "cfg": inputs.codec_cfg, "recent_hashes": recent_hashes,
               "banned": banned}
     if whole_window:
@@ -305,10 +307,9 @@ def stage2(theta: GlobalModel, pages: PageSource, plan: Stage2Plan, targets: lis
     return results
 
 
-def as_published(rebuilt: Mapping[str, Any], window: int) -> dict[str, Any]:
+def as_published(rebuilt: Evaluation) -> dict[str, Any]:
     """A rebuilt receipt in the API's shape, through the API's own conversion (same defaults, same split)."""
-    row = Evaluation(window=window, **rebuilt)
-    return receipt(row, window_status="scored").model_dump(mode="json")
+    return receipt(rebuilt, window_status="scored").model_dump(mode="json")
 
 
 # --------------------------------------------------------------------------- the audit
@@ -336,10 +337,10 @@ def audit(api: ScoreApi, inputs: AuditInputs, window: int, hotkey: str | None = 
     report.notes.append(f"theta_{window} from the validators' published history: {theta.hash[:16]} "
                         f"(window summary: {(summary.base_model_hash or '?')[:16]})")
     down_to = window - hp.scoring.copy_ban_windows - 1
-    prev = {hk: PeerPrev(hk, _or(r.rating_mu_before, DEFAULT_MU), _or(r.rating_sigma_before, DEFAULT_SIGMA))
+    prev = {hk: PeerState(Rating(_or(r.rating_mu_before, DEFAULT_MU), _or(r.rating_sigma_before, DEFAULT_SIGMA)))
             for hk, r in receipts.items()}
     for hk in targets:
-        prev[hk] = previous_state(hk, api.history(hk, down_to=down_to), window, hp)
+        prev[hk] = previous_state(api.history(hk, down_to=down_to), window, hp)
     collected = collect(inputs, window, targets, receipts)
     s1, skips = stage1(inputs, window, targets=targets, receipts=receipts, collected=collected, prev=prev,
                        recent_hashes=recent, shapes=theta.shapes, seed=seed, whole_window=hotkey is None)
@@ -351,13 +352,13 @@ def audit(api: ScoreApi, inputs: AuditInputs, window: int, hotkey: str | None = 
             skips[hk].append(("status", BUDGET))
     results = stage2(theta, inputs.pages, plan, targets, receipts)
     outcome = combine_window(window, prev=prev, stage1=s1, results=results, hp=hp, unevaluated=plan.unevaluated)
-    rebuilt = {r["hotkey"]: r for r in build_receipts(window, s1, plan, results, outcome, prev=prev,
+    rebuilt = {r.hotkey: r for r in build_receipts(window, s1, plan, results, outcome, prev=prev,
                                                        base_hash=theta.hash, seed_hex=seed.hex(),
                                                        setup=evaluation_setup(hp, inputs.pages))}
     for hk in targets:
         published = receipts[hk].model_dump(mode="json")
         tol: Tolerances = tolerances(published.get("setup"), loss_abs=inputs.loss_tolerance)
-        report.checks += compare_receipt(published, as_published(rebuilt[hk], window), tol, skip=skips[hk])
+        report.checks += compare_receipt(published, as_published(rebuilt[hk]), tol, skip=skips[hk])
         if hk in s1.accepted and hotkey is None:
             report.checks.append(Check(hk, "copy detection (earlier windows)", "not recomputed", None, None,
                                        "needs the validator's sketches of earlier windows' uploads"))

@@ -14,7 +14,7 @@ Per registered peer, exactly one of:
   evaluated peers of the window by contribution; final = max(0, ordinal) x work
   gate(bias-corrected bma) x sync_score, or exp(ordinal / T) with ``score_temperature``
   (``scoring.final``).
-* otherwise a ``scoring.final.WindowOutcome`` chosen from the stored reason (missing /
+* otherwise a ``scoring.final.Verdict`` chosen from the stored reason (missing /
   timeout / storage unavailable / foreign / wrong window -> missing; late / early -> late;
   out_of_sync; copy or replay -> copy; our own evaluation failure -> inactive; anything
   else -> invalid), and
@@ -26,16 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from protocol.hparams import HParams
 from scoring.filters import Rejection
+from scoring.final import PeerState, Verdict
 from validator.collect import TIMEOUT, UNAVAILABLE
 from validator.evaluate import EvalResult
 from validator.stage1 import Stage1Result
-
-DEFAULT_MU = 25.0
-DEFAULT_SIGMA = 25.0 / 3.0
 
 #: An accepted peer whose evaluation failed on the validator's side (not the peer's fault).
 EVAL_FAILED = "evaluation_failed"
@@ -48,68 +45,38 @@ MISSING_REASONS = frozenset({Rejection.MISSING.value, TIMEOUT, UNAVAILABLE, Reje
 
 
 @dataclass(frozen=True, slots=True)
-class PeerPrev:
-    """A peer's state before this window (defaults for a peer never seen)."""
-
-    hotkey: str
-    mu: float = DEFAULT_MU
-    sigma: float = DEFAULT_SIGMA
-    bma: float = 0.0
-    score: float = 0.0
-    inactive_windows: int = 0
-    banned_until: int | None = None
-    evaluated_windows: int = 0
-
-    @classmethod
-    def from_row(cls, hotkey: str, row: Any) -> PeerPrev:
-        if row is None:
-            return cls(hotkey)
-        return cls(hotkey, row.rating_mu, row.rating_sigma, row.bma, row.score, row.inactive_windows,
-                   row.banned_until_window, row.evaluated_windows)
-
-
-@dataclass(slots=True)
 class PeerOutcome:
-    hotkey: str
+    """A registered peer after one window: its new state (``scoring.final.PeerState``) and the measurements."""
+
     uid: int | None
-    status: str  # accepted | rejected | missing | unevaluated
-    mu: float
-    sigma: float
-    bma: float
-    score: float
-    inactive_windows: int
-    banned_until: int | None
-    evaluated_windows: int = 0
+    status: str  # accepted | rejected | missing | unevaluated (the receipt's status)
+    state: PeerState
     contribution: float | None = None
     indicator: float | None = None
     sync: float | None = None
 
 
 @dataclass
-class WindowOutcome:
+class WindowScores:
+    """Every registered peer's :class:`PeerOutcome` of one window."""
+
     peers: dict[str, PeerOutcome] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)  # evaluated, but the loss became non-finite
 
     def ranked_for_aggregate(self, limit: int) -> list[str]:
         """Evaluated peers that improved the random loss and earn a score (proved their work), best first."""
-        ok = [p for p in self.peers.values()
-              if p.status == "accepted" and (p.contribution or 0.0) > 0.0 and p.score > 0.0]
-        ok.sort(key=lambda p: (-p.score, -(p.contribution or 0.0), p.hotkey))
-        return [p.hotkey for p in ok[:limit]]
+        ok = [(hk, p) for hk, p in self.peers.items()
+              if p.status == "accepted" and (p.contribution or 0.0) > 0.0 and p.state.score > 0.0]
+        ok.sort(key=lambda e: (-e[1].state.score, -(e[1].contribution or 0.0), e[0]))
+        return [hk for hk, _ in ok[:limit]]
 
-    def peer_updates(self, window: int, uids: Mapping[str, int | None]) -> list[dict[str, Any]]:
-        return [
-            {"hotkey": p.hotkey, "uid": uids.get(p.hotkey), "seen_window": window, "rating_mu": p.mu,
-             "rating_sigma": p.sigma, "bma": p.bma, "score": p.score, "inactive_windows": p.inactive_windows,
-             "banned_until_window": p.banned_until, "evaluated_windows": p.evaluated_windows}
-            for p in self.peers.values()
-        ]
+    @property
+    def states(self) -> dict[str, PeerState]:
+        return {hk: p.state for hk, p in self.peers.items()}
 
 
-def _window_outcome(window: int, reason: str) -> Any:
-    """The ``scoring.final.WindowOutcome`` of a peer that was not evaluated."""
-    from scoring.final import WindowOutcome as Verdict
-
+def _verdict(window: int, reason: str) -> Verdict:
+    """The ``scoring.final.Verdict`` of a peer that was not evaluated."""
     if reason in MISSING_REASONS:
         return Verdict.missing(window)
     if reason in (Rejection.LATE.value, Rejection.EARLY.value):
@@ -151,9 +118,9 @@ def _measure(stage1: Stage1Result, results: Mapping[str, EvalResult]
 
 
 def combine_window(
-    window: int, *, prev: Mapping[str, PeerPrev], stage1: Stage1Result, results: Mapping[str, EvalResult],
+    window: int, *, prev: Mapping[str, PeerState], stage1: Stage1Result, results: Mapping[str, EvalResult],
     hp: HParams, unevaluated: Collection[str] = (),
-) -> WindowOutcome:
+) -> WindowScores:
     """New state of every peer in ``prev`` (all registered miners) after ``window``.
 
     ``unevaluated``: accepted peers Stage 2 had no time for; their state is left as it was.
@@ -164,11 +131,9 @@ def combine_window(
     sp = hp.scoring
     evaluated, contributions, broken = _measure(stage1, results)
     new_ratings = ratings.update_ratings(
-        {hk: ratings.Rating(prev[hk].mu, prev[hk].sigma) for hk in evaluated}, contributions, sp)
-    out = WindowOutcome(broken=broken)
+        {hk: prev[hk].rating for hk in evaluated}, contributions, sp)
+    out = WindowScores(broken=broken)
     for hk, p in prev.items():
-        state = fin.PeerState(ratings.Rating(p.mu, p.sigma), p.bma, p.score, p.inactive_windows, p.banned_until,
-                              p.evaluated_windows)
         rej = stage1.rejected.get(hk)
         uid = rej.uid if rej is not None else (stage1.accepted[hk].uid if hk in stage1.accepted else None)
         ind = sync = None
@@ -182,19 +147,15 @@ def combine_window(
                 ind = loss.indicator(loss.relative_improvement(r.loss_before_assigned, r.loss_after_assigned),
                                      at_step, sp.indicator_margin)
             sync = fin.sync_score(stage1.accepted[hk].steps_behind, sp.sync_max_behind, sp.sync_exponent)
-            verdict = fin.WindowOutcome.evaluated(window, new_ratings[hk], loss.update_bma(p.bma, ind, sp.indicator_alpha),
-                                                  sync)
+            verdict = Verdict.evaluated(window, new_ratings[hk], loss.update_bma(p.bma, ind, sp.indicator_alpha), sync)
             status = "accepted"
         elif hk in unevaluated and hk in stage1.accepted and hk not in results:
-            verdict = fin.WindowOutcome.unevaluated(window)
+            verdict = Verdict.unevaluated(window)
             status = "unevaluated"
         else:
             reason = rej.reason if rej is not None else (Rejection.NOT_FINITE.value if hk in broken else EVAL_FAILED)
-            verdict = _window_outcome(window, reason)
+            verdict = _verdict(window, reason)
             status = "missing" if reason == Rejection.MISSING.value else "rejected"
-        new = fin.apply_penalties(state, verdict, sp)
-        out.peers[hk] = PeerOutcome(hk, uid, status, new.rating.mu, new.rating.sigma, new.bma, new.score,
-                                    new.inactive_windows, new.banned_until_window, new.evaluated_windows,
-                                    contributions.get(hk),
+        out.peers[hk] = PeerOutcome(uid, status, fin.apply_penalties(p, verdict, sp), contributions.get(hk),
                                     None if ind is None else float(ind), sync)
     return out

@@ -36,7 +36,7 @@ from protocol.sync import (
     parse_aggregate,
     revert_update,
 )
-from validator.combine import WindowOutcome
+from validator.combine import WindowScores
 from validator.stage1 import Decoded, Stage1Result
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def _existing(storage: Storage, hotkey: str, window: int, model: GlobalModel) ->
 
 
 def publish_proposal(storage: Storage, keypair: Any, window: int, model: GlobalModel, s1: Stage1Result,
-                     outcome: WindowOutcome, hp: HParams) -> Published:
+                     outcome: WindowScores, hp: HParams) -> Published:
     """Store this validator's proposal for ``window`` (or re-use the stored one)."""
     hotkey = str(keypair.ss58_address)
     published = _existing(storage, hotkey, window, model)

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from protocol.hparams import HParams
-from validator.combine import PeerOutcome, PeerPrev, WindowOutcome
+from scoring.filters import Rejection
+from scoring.final import PeerState
+from validator.combine import EVAL_FAILED, PeerOutcome, WindowScores
+from validator.db.models import Evaluation
 from validator.evaluate import EvalResult
-from validator.stage1 import Stage1Result
+from validator.stage1 import Candidate, Rejected, Stage1Result
 from validator.stage2 import Stage2Plan
 
 #: Stage-1 checks in the order they run, recorded as passed for accepted peers.
@@ -66,60 +69,71 @@ def _ts(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, tz=UTC)
 
 
-def _rating(prev: PeerPrev, out: PeerOutcome) -> dict[str, Any]:
-    return {"rating_mu_before": prev.mu, "rating_sigma_before": prev.sigma, "rating_mu_after": out.mu,
-            "rating_sigma_after": out.sigma, "bma_after": out.bma, "final_score": out.score}
+def _rating(r: Evaluation, prev: PeerState, out: PeerOutcome) -> None:
+    r.rating_mu_before, r.rating_sigma_before = prev.rating.mu, prev.rating.sigma
+    r.rating_mu_after, r.rating_sigma_after = out.state.rating.mu, out.state.rating.sigma
+    r.bma_after, r.final_score = out.state.bma, out.state.score
+
+
+def _accepted(r: Evaluation, cand: Candidate, s1: Stage1Result, plan: Stage2Plan, out: PeerOutcome,
+              seed_hex: str) -> None:
+    r.payload_hash, r.upload_bytes, r.uploaded_at = cand.payload_hash, cand.size, _ts(cand.uploaded_at)
+    r.filters_passed, r.random_page_ids = list(STAGE1_FILTERS), list(plan.random_page_ids)
+    r.random_seed_hex, r.sync_score = seed_hex, out.sync
+    r.details = {"norm": cand.decoded.norm, "steps_behind": cand.steps_behind, "median_norm": s1.median_norm}
+
+
+def _measured(r: Evaluation, res: EvalResult, out: PeerOutcome, page_ids: Sequence[int] | None) -> None:
+    r.loss_before_assigned, r.loss_after_assigned = res.loss_before_assigned, res.loss_after_assigned
+    r.loss_before_random, r.loss_after_random = res.loss_before_random, res.loss_after_random
+    r.estimate, r.contribution, r.indicator, r.eval_seconds = res.estimate, out.contribution, out.indicator, res.seconds
+    r.details["exact_change_random"] = res.loss_after_random - res.loss_before_random
+    if res.reach_losses:  # the random loss further along the direction (scoring.loss.reach_contribution)
+        r.details["reach"] = [{"multiple": c, "after": a} for c, a in res.reach_losses]
+    if res.page_losses and page_ids is not None:
+        r.details["assigned_pages"] = [{"page": p, "before": b, "after": a}
+                                       for p, (b, a) in zip(page_ids, res.page_losses, strict=True)]
+
+
+def _rejected(r: Evaluation, rej: Rejected) -> None:
+    r.reject_reason, r.reject_detail, r.copy_of_hotkey = rej.reason, rej.detail or None, rej.copy_of
+    r.payload_hash, r.upload_bytes, r.uploaded_at = rej.payload_hash, rej.size, _ts(rej.uploaded_at)
+    r.details = {"norm": rej.norm} if rej.norm is not None else {}
 
 
 def build_receipts(
-    window: int, s1: Stage1Result, plan: Stage2Plan, results: Mapping[str, EvalResult], outcome: WindowOutcome,
-    *, prev: Mapping[str, PeerPrev], base_hash: str, seed_hex: str, setup: Mapping[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """Receipts for every peer in ``outcome`` (all registered miners of the window).
+    window: int, s1: Stage1Result, plan: Stage2Plan, results: Mapping[str, EvalResult], outcome: WindowScores,
+    *, prev: Mapping[str, PeerState], base_hash: str, seed_hex: str, setup: Mapping[str, Any] | None = None,
+) -> list[Evaluation]:
+    """Receipts (transient ``evaluations`` rows) for every peer in ``outcome`` (all registered miners).
 
     ``setup`` is :func:`evaluation_setup`'s dict; each evaluated peer's receipt gets it with its own part.
     """
     jobs = {j.hotkey: j for j in plan.jobs}
     receipts = []
     for hk, out in outcome.peers.items():
-        r: dict[str, Any] = {"hotkey": hk, "status": out.status, "uid": out.uid, "base_model_hash": base_hash,
-                             **_rating(prev[hk], out)}
+        r = Evaluation(window=window, hotkey=hk, status=out.status, uid=out.uid, base_model_hash=base_hash,
+                       details={})
+        _rating(r, prev[hk], out)
+        job = jobs.get(hk)
         if hk in s1.accepted:
-            cand = s1.accepted[hk]
-            r.update(payload_hash=cand.payload_hash, upload_bytes=cand.size, uploaded_at=_ts(cand.uploaded_at),
-                     filters_passed=STAGE1_FILTERS, random_page_ids=list(plan.random_page_ids),
-                     random_seed_hex=seed_hex, sync_score=out.sync,
-                     details={"norm": cand.decoded.norm, "steps_behind": cand.steps_behind,
-                              "median_norm": s1.median_norm})
-            if hk in jobs:
-                r["assigned_page_ids"] = list(jobs[hk].assigned_page_ids)
-                r["details"]["eval_step"] = jobs[hk].step
+            _accepted(r, s1.accepted[hk], s1, plan, out, seed_hex)
+            if job is not None:
+                r.assigned_page_ids = list(job.assigned_page_ids)
+                r.details["eval_step"] = job.step
                 if setup is not None:
-                    r["details"]["setup"] = _setup(setup, jobs[hk].step, plan.remote.get(hk, {}).get("url"),
-                                                   results.get(hk))
+                    r.details["setup"] = _setup(setup, job.step, plan.remote.get(hk, {}).get("url"),
+                                                results.get(hk))
         if hk in results:
-            res = results[hk]
-            r.update(loss_before_assigned=res.loss_before_assigned, loss_after_assigned=res.loss_after_assigned,
-                     loss_before_random=res.loss_before_random, loss_after_random=res.loss_after_random,
-                     estimate=res.estimate, contribution=out.contribution, indicator=out.indicator,
-                     eval_seconds=res.seconds)
-            r["details"]["exact_change_random"] = res.loss_after_random - res.loss_before_random
-            if res.reach_losses:  # the random loss further along the direction (scoring.loss.reach_contribution)
-                r["details"]["reach"] = [{"multiple": c, "after": a} for c, a in res.reach_losses]
-            if res.page_losses and hk in jobs:
-                r["details"]["assigned_pages"] = [
-                    {"page": p, "before": b, "after": a}
-                    for p, (b, a) in zip(jobs[hk].assigned_page_ids, res.page_losses, strict=True)]
+            _measured(r, results[hk], out, job.assigned_page_ids if job is not None else None)
         rej = s1.rejected.get(hk)
         if rej is not None:
-            r.update(reject_reason=rej.reason, reject_detail=rej.detail or None, copy_of_hotkey=rej.copy_of,
-                     payload_hash=rej.payload_hash, upload_bytes=rej.size, uploaded_at=_ts(rej.uploaded_at),
-                     details={"norm": rej.norm} if rej.norm is not None else {})
+            _rejected(r, rej)
         elif hk in outcome.broken:
-            r.update(reject_reason="not_finite", reject_detail="loss after the evaluation step is not finite")
+            r.reject_reason, r.reject_detail = Rejection.NOT_FINITE, "loss after the evaluation step is not finite"
         elif out.status == "unevaluated":
-            r["details"]["unevaluated"] = "the window's Stage-2 time budget ran out first (validator.stage2)"
+            r.details["unevaluated"] = "the window's Stage-2 time budget ran out first (validator.stage2)"
         elif hk in s1.accepted and hk not in results:
-            r.update(reject_reason="evaluation_failed")
+            r.reject_reason = EVAL_FAILED
         receipts.append(r)
     return receipts

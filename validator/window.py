@@ -35,9 +35,11 @@ from protocol.peer_storage import EndpointPolicy
 from protocol.storage import Storage
 from protocol.windows import window_bounds
 from protocol.wire import Signer
+from scoring.final import PeerState, is_banned
+from scoring.weights import compute_weights
 from validator import metrics
 from validator.collect import StorageCache, WindowTimes, collect_window
-from validator.combine import PeerPrev, combine_window
+from validator.combine import WindowScores, combine_window
 from validator.db import repo
 from validator.evaluate import EvalResult
 from validator.publish import publish_proposal
@@ -140,13 +142,17 @@ def open_window_seed(ctx: ValidatorContext, window: int, base_hash: str) -> byte
         return bytes.fromhex(row.random_seed_hex or "")
 
 
-def load_peers(ctx: ValidatorContext, hotkeys: list[str]) -> dict[str, PeerPrev]:
+def load_peers(ctx: ValidatorContext, hotkeys: list[str]) -> dict[str, PeerState]:
     with ctx.sessions() as s:
-        out = {}
-        for hk in hotkeys:
-            p = repo.peer(s, hotkey=hk)
-            out[hk] = PeerPrev.from_row(hk, p)
-        return out
+        return {hk: repo.peer_state(repo.peer(s, hotkey=hk)) for hk in hotkeys}
+
+
+def peer_records(outcome: WindowScores, hp: HParams) -> dict[str, repo.PeerRecord]:
+    """What the window stores per peer: its new state and the weight its score now implies (``scoring.weights``)."""
+    uids = {hk: p.uid for hk, p in outcome.peers.items() if p.uid is not None}
+    weights = compute_weights({uid: outcome.peers[hk].state.score for hk, uid in uids.items()}, hp.weights)
+    return {hk: repo.PeerRecord(p.uid, p.state, weights.get(p.uid, 0.0) if p.uid is not None else 0.0)
+            for hk, p in outcome.peers.items()}
 
 
 def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
@@ -168,7 +174,7 @@ def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
                                    per_peer_timeout_s=ctx.per_peer_timeout_s, stores=ctx.stores)
     prev = load_peers(ctx, list(hotkeys))
     with metrics.timed("stage1", timings):
-        banned = [hk for hk, p in prev.items() if p.banned_until is not None and p.banned_until >= window]
+        banned = [hk for hk, p in prev.items() if is_banned(p, window)]
         s1 = run_stage1(collected, window=window, hp=ctx.hp, shapes=model.shapes, cfg=ctx.codec_cfg,
                         recent_hashes=ctx.recent_hashes, banned=banned, history=ctx.history,
                         copy_seed=int.from_bytes(seed[:8], "little"))
@@ -188,9 +194,12 @@ def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
     with metrics.timed("persist", timings):
         receipts = build_receipts(window, s1, plan, results, outcome, prev=prev, base_hash=model.hash,
                                   seed_hex=seed.hex(), setup=evaluation_setup(ctx.hp, ctx.stage2.pages))
+        records = peer_records(outcome, ctx.hp)
+        for r in receipts:
+            r.weight = records[r.hotkey].weight
         with ctx.sessions() as s:
             stored = repo.mark_window_scored(
-                s, window=window, evaluations=receipts, peers=outcome.peer_updates(window, hotkeys),
+                s, window=window, evaluations=receipts, peers=records,
                 aggregate_hash=published.aggregate_hash, random_seed_hex=seed.hex(), base_model_hash=model.hash,
                 stage_timings=timings, num_submitted=sum(1 for c in collected.values() if c.size is not None),
                 num_evaluated=len(results))

@@ -105,11 +105,11 @@ def scoring_vectors() -> dict[str, Any]:
         for hk in uids:
             m = window[hk]
             if m is None:
-                verdict = fin.WindowOutcome.missing(w)
+                verdict = fin.Verdict.missing(w)
             else:
                 ind = loss.page_indicator([loss.relative_improvement(b, a) for b, a in m[1]], contrib[hk],
                                           sp.indicator_margin)
-                verdict = fin.WindowOutcome.evaluated(w, new[hk], loss.update_bma(state[hk].bma, ind, sp.indicator_alpha),
+                verdict = fin.Verdict.evaluated(w, new[hk], loss.update_bma(state[hk].bma, ind, sp.indicator_alpha),
                                                       1.0)
             state[hk] = fin.apply_penalties(state[hk], verdict, sp)
         wts = weights.compute_weights({uids[hk]: s.score for hk, s in state.items()}, hp.weights)

@@ -21,7 +21,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from scoring.final import PeerState
+from scoring.ratings import Rating
 from validator.db import repo, weight_repo
+from validator.db.models import Evaluation
 
 BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 REJECT_REASONS = ("norm", "late", "signature", "stale")
@@ -54,10 +57,10 @@ class Filled:
 
 
 def _receipt(rng: random.Random, hk: str, uid: int, status: str, window: int, prev: tuple[float, float],
-             seed_hex: str, base: str, reason: str | None) -> tuple[repo.Receipt, repo.PeerUpdate]:
+             seed_hex: str, base: str, reason: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     mu, sigma = prev
-    r: repo.Receipt = {"hotkey": hk, "uid": uid, "status": status, "base_model_hash": base,  # type: ignore[typeddict-item]
-                       "rating_mu_before": mu, "rating_sigma_before": sigma}
+    r: dict[str, Any] = {"hotkey": hk, "uid": uid, "status": status, "base_model_hash": base,
+                         "rating_mu_before": mu, "rating_sigma_before": sigma}
     if status == "accepted":
         before = 4.0 - window * 0.01 + rng.uniform(-0.05, 0.05)
         # theta_W on the window's random pages: one value per window (a falling curve, noisy
@@ -79,10 +82,16 @@ def _receipt(rng: random.Random, hk: str, uid: int, status: str, window: int, pr
         r.update(reject_reason=reason, reject_detail=f"rejected by the {reason} filter", filters_passed=["registered"])
     score = max(0.0, mu - 3 * sigma) / 100
     r.update(rating_mu_after=mu, rating_sigma_after=sigma, final_score=score)
-    update: repo.PeerUpdate = {"hotkey": hk, "uid": uid, "seen_window": window, "rating_mu": mu,
+    update: dict[str, Any] = {"hotkey": hk, "uid": uid, "seen_window": window, "rating_mu": mu,
                                "rating_sigma": sigma, "score": score, "bma": r.get("bma_after") or 0.0,
                                "inactive_windows": 1 if status == "missing" else 0}
     return r, update
+
+
+def _record(u: dict[str, Any]) -> repo.PeerRecord:
+    state = PeerState(Rating(u["rating_mu"], u["rating_sigma"]), u["bma"], u["score"], u["inactive_windows"],
+                      u.get("banned_until_window"))
+    return repo.PeerRecord(u["uid"], state, u["weight"])
 
 
 def fill_db(sessions: sessionmaker[Session], *, num_peers: int = 8, first_window: int = 100,
@@ -124,7 +133,8 @@ def fill_db(sessions: sessionmaker[Session], *, num_peers: int = 8, first_window
             total = sum(u["score"] for u in updates) or 1.0
             for r, u in zip(receipts, updates, strict=True):
                 u["weight"] = r["weight"] = u["score"] / total
-            repo.mark_window_scored(s, window=w, evaluations=receipts, peers=updates, aggregate_hash=f"{w:064x}",
+            repo.mark_window_scored(s, window=w, evaluations=[Evaluation(window=w, **r) for r in receipts],
+                                    peers={u["hotkey"]: _record(u) for u in updates}, aggregate_hash=f"{w:064x}",
                                     stage_timings={"stage1": 1.5, "stage2": 30.0},
                                     scored_at=T0 + timedelta(minutes=w, seconds=50))
             uids = [u["uid"] for u in updates if u["uid"] is not None]

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from tests.unit.test_db_sqlite import DatabaseContract, full_receipt
+from tests.unit.test_db_sqlite import DatabaseContract, full_receipt, rec, rows
 from validator.db import repo
 from validator.db.session import make_engine, migrate, session_factory
 
@@ -81,8 +81,8 @@ class TestPostgres(DatabaseContract):
                     repo.mark_window_scored(
                         session,
                         window=11,
-                        evaluations=[full_receipt("hk1", 1)],
-                        peers=[{"hotkey": "hk1", "uid": 1, "score": 1.0, "inactive_windows": 0}],
+                        evaluations=rows(full_receipt("hk1", 1)),
+                        peers={"hk1": rec(1, score=1.0)},
                         aggregate_hash=name,
                     )
                 )

@@ -14,6 +14,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -21,6 +22,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.orm import Session
 
+from scoring.final import PeerState
+from scoring.ratings import Rating
 from validator.db import repo, weight_repo
 from validator.db.models import Base, Evaluation, Peer, Window
 from validator.db.session import current_revision, downgrade, make_engine, migrate, session_factory
@@ -29,7 +32,17 @@ ROOT = Path(__file__).resolve().parents[2]
 TABLES = {"windows", "peers", "evaluations", "weight_sets", "run_config", "follow_state"}
 
 
-def full_receipt(hotkey: str, uid: int, *, loss_after_random: float = 2.5) -> repo.Receipt:
+def rows(*receipts: dict[str, Any]) -> list[Evaluation]:
+    """Transient receipt rows, as ``validator.receipts.build_receipts`` makes them."""
+    return [Evaluation(**r) for r in receipts]
+
+
+def rec(uid: int | None = None, *, rating: Rating | None = None, weight: float = 0.0, **state: Any) -> repo.PeerRecord:
+    """A scored window's record of one peer: a newcomer's state with ``state`` fields changed."""
+    return repo.PeerRecord(uid, PeerState(rating or Rating(), **state), weight)
+
+
+def full_receipt(hotkey: str, uid: int, *, loss_after_random: float = 2.5) -> dict[str, Any]:
     return {
         "hotkey": hotkey,
         "uid": uid,
@@ -159,18 +172,8 @@ class DatabaseContract:
         ok = repo.mark_window_scored(
             session,
             window=5,
-            evaluations=[full_receipt("hk1", 1), {"hotkey": "hk2", "uid": 2, "status": "missing"}],
-            peers=[
-                {
-                    "hotkey": "hk1",
-                    "uid": 1,
-                    "seen_window": 5,
-                    "rating_mu": 26.5,
-                    "score": 0.75,
-                    "weight": 1.0,
-                },
-                {"hotkey": "hk2", "uid": 2, "inactive_windows": 1},
-            ],
+            evaluations=rows(full_receipt("hk1", 1), {"hotkey": "hk2", "uid": 2, "status": "missing"}),
+            peers={"hk1": rec(1, rating=Rating(26.5), score=0.75, weight=1.0), "hk2": rec(2, inactive_windows=1)},
             aggregate_hash="ee" * 32,
             stage_timings={"filters": 0.5, "losses": 12.0},
         )
@@ -183,9 +186,10 @@ class DatabaseContract:
         assert window.published_seed == "aa" * 16
         hk1 = repo.peer(session, hotkey="hk1")
         assert hk1 is not None and (hk1.first_seen_window, hk1.last_seen_window, hk1.score) == (5, 5, 0.75)
+        assert (hk1.rating_mu, hk1.weight) == (26.5, 1.0) and repo.peer_state(hk1).rating == Rating(26.5)
 
         # A redo (restart after the commit) changes nothing and says so.
-        assert not repo.mark_window_scored(session, window=5, peers=[{"hotkey": "hk1", "score": 9.0}])
+        assert not repo.mark_window_scored(session, window=5, peers={"hk1": rec(1, score=9.0)})
         assert not repo.set_window_status(session, window=5, status="open")
         session.expire_all()
         assert repo.peer(session, hotkey="hk1").score == 0.75  # type: ignore[union-attr]
@@ -194,19 +198,14 @@ class DatabaseContract:
     def test_failure_mid_window_persists_nothing(self, session: Session, url: str) -> None:
         repo.open_window(session, window=3)
         repo.upsert_peer(session, hotkey="hk1", uid=1, score=0.1)
-        receipts = [full_receipt("hk1", 1), full_receipt("hk2", 2), {"hotkey": "hk3", "status": "bogus"}]
+        receipts = rows(full_receipt("hk1", 1), full_receipt("hk2", 2), {"hotkey": "hk3", "status": "bogus"})
         with pytest.raises(ValueError, match="status"):
-            repo.mark_window_scored(
-                session, window=3, evaluations=receipts, peers=[{"hotkey": "hk1", "score": 5.0}]
-            )
+            repo.mark_window_scored(session, window=3, evaluations=receipts, peers={"hk1": rec(1, score=5.0)})
         # Fails in the database (NOT NULL), after receipts and other peers were flushed.
-        bad_peers = [
-            {"hotkey": "hk1", "score": 5.0},
-            {"hotkey": "hk2", "uid": 2, "inactive_windows": 1},
-            {"hotkey": "hk1", "rating_mu": None},
-        ]
+        bad_peers = {"hk1": rec(1, score=5.0), "hk2": rec(2, inactive_windows=1),
+                     "hk3": rec(3, rating=Rating(None))}  # type: ignore[arg-type]
         with pytest.raises(sa.exc.IntegrityError):
-            repo.mark_window_scored(session, window=3, evaluations=[full_receipt("hk1", 1)], peers=bad_peers)  # type: ignore[arg-type]
+            repo.mark_window_scored(session, window=3, evaluations=rows(full_receipt("hk1", 1)), peers=bad_peers)
         self.assert_window_untouched(url, window=3)
 
     def test_kill_9_mid_window_persists_nothing_and_restart_resumes(self, session: Session, url: str) -> None:
@@ -217,17 +216,18 @@ class DatabaseContract:
             import os, signal, sys
             from validator.db import repo
             from validator.db.session import make_engine, session_factory
-            from tests.unit.test_db_sqlite import full_receipt
+            from tests.unit.test_db_sqlite import full_receipt, rec, rows
 
-            def peers():
-                yield {"hotkey": "hk1", "uid": 1, "score": 5.0}
-                yield {"hotkey": "hk2", "uid": 2, "score": 4.0}
-                sys.stdout.write("flushed\\n"); sys.stdout.flush()
-                os.kill(os.getpid(), signal.SIGKILL)  # dies mid-transaction, writes flushed
+            class Dying(dict):
+                def items(self):
+                    yield from super().items()
+                    sys.stdout.write("flushed\\n"); sys.stdout.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)  # dies mid-transaction, writes flushed
 
             with session_factory(make_engine(sys.argv[1]))() as session:
-                receipts = [full_receipt("hk1", 1), full_receipt("hk2", 2)]
-                repo.mark_window_scored(session, window=4, evaluations=receipts, peers=peers())
+                receipts = rows(full_receipt("hk1", 1), full_receipt("hk2", 2))
+                peers = Dying(hk1=rec(1, score=5.0), hk2=rec(2, score=4.0))
+                repo.mark_window_scored(session, window=4, evaluations=receipts, peers=peers)
             """
         )
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -245,11 +245,9 @@ class DatabaseContract:
 
         # The restarted validator finds the window still to score and scores it exactly once.
         assert repo.windows_to_score(session, current_window=5) == [4]
-        receipts = [full_receipt("hk1", 1), full_receipt("hk2", 2)]
-        assert repo.mark_window_scored(
-            session, window=4, evaluations=receipts, peers=[{"hotkey": "hk1", "score": 5.0}]
-        )
-        assert not repo.mark_window_scored(session, window=4, evaluations=receipts)
+        receipts = rows(full_receipt("hk1", 1), full_receipt("hk2", 2))
+        assert repo.mark_window_scored(session, window=4, evaluations=receipts, peers={"hk1": rec(1, score=5.0)})
+        assert not repo.mark_window_scored(session, window=4, evaluations=rows(full_receipt("hk1", 1)))
         assert repo.count_window_evaluations(session, window=4) == 2
         assert repo.windows_to_score(session, current_window=5) == []
 

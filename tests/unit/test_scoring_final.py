@@ -10,7 +10,7 @@ from protocol.hparams import ScoringParams
 from scoring.final import (
     Outcome,
     PeerState,
-    WindowOutcome,
+    Verdict,
     apply_penalties,
     final_score,
     full_reset,
@@ -64,18 +64,18 @@ def test_evaluated_outcome_scores_through_the_work_gate() -> None:
     # First evaluated window after 4 virtual passed ones: proof = (bma + 0.95 x (1 - 0.95^4)) / (1 - 0.95^5)
     # = (bma + 0.176219) / 0.226219; gate = (proof - 0.5) / (1 - 0.5).
     high = Rating(30.0, 7.0)  # ordinal 9
-    full = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.05, 1.0), P)  # indicator +1: proof 1
+    full = apply_penalties(PeerState(), Verdict.evaluated(5, high, 0.05, 1.0), P)  # indicator +1: proof 1
     assert full.score == pytest.approx(9.0) and full.evaluated_windows == 1
-    half = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, 0.0, 1.0), P)  # indicator 0: proof 0.778975
+    half = apply_penalties(PeerState(), Verdict.evaluated(5, high, 0.0, 1.0), P)  # indicator 0: proof 0.778975
     assert half.score == pytest.approx(9 * 0.557951, rel=1e-5)  # 5.021559
-    low = apply_penalties(PeerState(), WindowOutcome.evaluated(5, high, -0.05, 1.0), P)  # -1: proof 0.557951
+    low = apply_penalties(PeerState(), Verdict.evaluated(5, high, -0.05, 1.0), P)  # -1: proof 0.557951
     assert low.score == pytest.approx(9 * 0.115901, rel=1e-4)  # 1.043109
-    shut = apply_penalties(PeerState(evaluated_windows=40), WindowOutcome.evaluated(45, high, 0.4, 1.0), P)
+    shut = apply_penalties(PeerState(evaluated_windows=40), Verdict.evaluated(45, high, 0.4, 1.0), P)
     assert shut.score == 0.0  # a long record below 0.5: the gate is shut
     low = Rating(20.0, 7.0)  # ordinal -1: nothing, proof or not
-    assert apply_penalties(PeerState(), WindowOutcome.evaluated(5, low, 0.05, 1.0), P).score == 0.0
+    assert apply_penalties(PeerState(), Verdict.evaluated(5, low, 0.05, 1.0), P).score == 0.0
     exp = ScoringParams(score_temperature=20.0)  # the measured alternative: e^(-1/20) = 0.951229
-    assert apply_penalties(PeerState(), WindowOutcome.evaluated(5, low, 0.05, 1.0), exp).score == pytest.approx(0.951229)
+    assert apply_penalties(PeerState(), Verdict.evaluated(5, low, 0.05, 1.0), exp).score == pytest.approx(0.951229)
 
 
 @pytest.mark.parametrize(
@@ -95,14 +95,14 @@ def scored(score: float = 8.0) -> PeerState:
 def test_missing_two_windows_decays_to_0_5625() -> None:
     state = scored(8.0)
     for w in (10, 11):
-        state = apply_penalties(state, WindowOutcome.missing(w), P)
+        state = apply_penalties(state, Verdict.missing(w), P)
     # 8 * 0.75 * 0.75 = 8 * 0.5625 = 4.5
     assert state.score == pytest.approx(4.5)
     assert state.inactive_windows == 2
     assert state.rating == GOOD and state.bma == 0.4
 
 
-@pytest.mark.parametrize("make", [WindowOutcome.late, WindowOutcome.out_of_sync, WindowOutcome.inactive])
+@pytest.mark.parametrize("make", [Verdict.late, Verdict.out_of_sync, Verdict.inactive])
 def test_late_out_of_sync_and_inactive_decay(make: object) -> None:
     state = apply_penalties(scored(4.0), make(3), P)  # type: ignore[operator]
     assert state.score == pytest.approx(3.0)  # 4 * 0.75
@@ -112,7 +112,7 @@ def test_four_inactive_windows_reset() -> None:
     state = scored(8.0)
     seen = []
     for w in range(4):
-        state = apply_penalties(state, WindowOutcome.inactive(w), P)
+        state = apply_penalties(state, Verdict.inactive(w), P)
         seen.append(state.score)
     # 8 -> 6 -> 4.5 -> 3.375, then the 4th window is > 3: full reset.
     assert seen[:3] == pytest.approx([6.0, 4.5, 3.375])
@@ -130,9 +130,9 @@ def test_reset_never_rewards() -> None:
 
 
 def test_evaluation_restores_activity_and_sets_the_final_score() -> None:
-    state = apply_penalties(scored(8.0), WindowOutcome.missing(1), P)
+    state = apply_penalties(scored(8.0), Verdict.missing(1), P)
     new_rating = Rating(30.0, 4.0)  # ordinal 30 - 12 = 18
-    state = apply_penalties(state, WindowOutcome.evaluated(2, new_rating, 0.9, 0.8**2.5), P)
+    state = apply_penalties(state, Verdict.evaluated(2, new_rating, 0.9, 0.8**2.5), P)
     # 31st window: proof = 0.9 / (1 - 0.95^31) = 0.9 / 0.796127 = 1.13 -> 1 (gate open);
     # 18 x 0.8^2.5 = 18 x 0.572433 -> 10.303801
     assert state.score == pytest.approx(10.303801, rel=1e-6)
@@ -142,37 +142,37 @@ def test_evaluation_restores_activity_and_sets_the_final_score() -> None:
 
 def test_evaluated_outcome_needs_measurements() -> None:
     with pytest.raises(ValueError, match="rating and bma"):
-        apply_penalties(scored(), WindowOutcome(Outcome.EVALUATED, 1), P)
+        apply_penalties(scored(), Verdict(Outcome.EVALUATED, 1), P)
 
 
 def test_invalid_upload_zeroes_the_score_only() -> None:
-    state = apply_penalties(scored(8.0), WindowOutcome.invalid(7, "bad_signature"), P)
+    state = apply_penalties(scored(8.0), Verdict.invalid(7, "bad_signature"), P)
     assert state.score == 0.0
     assert state.rating == GOOD and state.bma == 0.4
     assert state.inactive_windows == 1
 
 
 def test_copy_resets_and_bans() -> None:
-    state = apply_penalties(scored(8.0), WindowOutcome.copy(100, "replay"), P)
+    state = apply_penalties(scored(8.0), Verdict.copy(100, "replay"), P)
     assert state.score == 0.0
     assert state.rating == default_rating()
     assert state.bma == 0.0
     assert state.banned_until_window == 300  # 100 + 200
     assert is_banned(state, 300) and not is_banned(state, 301)
     # An evaluation during the ban changes nothing but keeps the score at 0.
-    during = apply_penalties(state, WindowOutcome.evaluated(150, GOOD, 0.9, 1.0), P)
+    during = apply_penalties(state, Verdict.evaluated(150, GOOD, 0.9, 1.0), P)
     assert during == state
     # After the ban, evaluation counts again: 31st evaluated window, proof 0.9 / 0.796127 -> 1,
     # ordinal 25 x gate 1.
-    after = apply_penalties(state, WindowOutcome.evaluated(301, GOOD, 0.9, 1.0), P)
+    after = apply_penalties(state, Verdict.evaluated(301, GOOD, 0.9, 1.0), P)
     assert after.score == pytest.approx(25.0)
 
 
 def test_copy_during_a_ban_extends_it_and_ban_can_only_grow() -> None:
     state = PeerState(banned_until_window=500)
-    assert apply_penalties(state, WindowOutcome.copy(400), P).banned_until_window == 600
+    assert apply_penalties(state, Verdict.copy(400), P).banned_until_window == 600
     short = ScoringParams(copy_ban_windows=10)
-    assert apply_penalties(state, WindowOutcome.copy(400), short).banned_until_window == 500
+    assert apply_penalties(state, Verdict.copy(400), short).banned_until_window == 500
 
 
 def test_new_peer_state_defaults() -> None:

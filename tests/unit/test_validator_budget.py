@@ -6,7 +6,7 @@ Run: ``pytest tests/unit/test_validator_budget.py -q``
 from __future__ import annotations
 
 from protocol.hparams import HParams
-from scoring.final import Outcome, PeerState, WindowOutcome, apply_penalties
+from scoring.final import Outcome, PeerState, Verdict, apply_penalties
 from scoring.ratings import Rating
 from validator.stage2 import budget_end, evaluation_order
 
@@ -32,7 +32,7 @@ def test_budget_ends_before_the_publish_deadline_or_lasts_as_long_when_late() ->
 
 def test_an_unevaluated_peer_keeps_its_standing() -> None:
     state = PeerState(Rating(30.0, 4.0), bma=0.4, score=1.7, inactive_windows=2)
-    assert apply_penalties(state, WindowOutcome.unevaluated(5), HP.scoring) == state
-    assert WindowOutcome.unevaluated(5).kind is Outcome.UNEVALUATED
-    missing = apply_penalties(state, WindowOutcome.missing(5), HP.scoring)
+    assert apply_penalties(state, Verdict.unevaluated(5), HP.scoring) == state
+    assert Verdict.unevaluated(5).kind is Outcome.UNEVALUATED
+    missing = apply_penalties(state, Verdict.missing(5), HP.scoring)
     assert missing.score < state.score and missing.inactive_windows == 3  # unlike a missing upload

@@ -138,7 +138,9 @@ def test_planted_uploads_do_not_ban_the_victim() -> None:
 
     from protocol.codec import CodecConfig, encode
     from protocol.wire import DeltaMeta, pack_delta
-    from validator.combine import PeerPrev, combine_window
+    from scoring.final import PeerState
+    from scoring.ratings import Rating
+    from validator.combine import combine_window
 
     cfg, shapes, base = CodecConfig(chunk=256, topk=6), {"w": (24, 40), "b": (40,)}, "ab" * 32
     victim, attacker = Keypair.create_from_uri("//Alice"), Keypair.create_from_uri("//Bob")
@@ -149,34 +151,33 @@ def test_planted_uploads_do_not_ban_the_victim() -> None:
         return pack_delta(encode({n: torch.randn(s, generator=g) for n, s in shapes.items()}, cfg), meta, cfg, key)
 
     hk, w = victim.ss58_address, 7
-    before = PeerPrev(hk, mu=30.0, sigma=5.0, bma=0.2, score=2.0, inactive_windows=1)
+    before = PeerState(Rating(30.0, 5.0), bma=0.2, score=2.0, inactive_windows=1)
     planted = {"foreign": signed(attacker, w), "wrong_window": signed(victim, w - 1)}
     missing = Stage1Result(rejected={hk: run_stage1({hk: Collected(hk, 1, "s3://x", reason="missing")}, window=w,
                                                     hp=HP, shapes=shapes, cfg=cfg, recent_hashes={}).rejected[hk]})
-    expected = combine_window(w, prev={hk: before}, stage1=missing, results={}, hp=HP).peers[hk]
+    expected = combine_window(w, prev={hk: before}, stage1=missing, results={}, hp=HP).peers[hk].state
     for reason, blob in planted.items():
         peer = Collected(hk, 1, "s3://x", data=blob, uploaded_at=1.0, size=len(blob))
         s1 = run_stage1({hk: peer}, window=w, hp=HP, shapes=shapes, cfg=cfg, recent_hashes={base: w})
         assert s1.rejected[hk].reason == reason and not s1.accepted
-        after = combine_window(w, prev={hk: before}, stage1=s1, results={}, hp=HP).peers[hk]
-        assert after.banned_until is None
-        assert (after.mu, after.sigma, after.bma) == (30.0, 5.0, 0.2)  # rating and bma kept
+        after = combine_window(w, prev={hk: before}, stage1=s1, results={}, hp=HP).peers[hk].state
+        assert after.banned_until_window is None
+        assert (after.rating, after.bma) == (Rating(30.0, 5.0), 0.2)  # rating and bma kept
         assert after.score == pytest.approx(1.5) and after.inactive_windows == 2  # the missing-window decay
-        assert (after.mu, after.sigma, after.bma, after.score, after.inactive_windows, after.banned_until) == (
-            expected.mu, expected.sigma, expected.bma, expected.score, expected.inactive_windows,
-            expected.banned_until)
+        assert after == expected
 
 
 def test_own_signed_copy_still_bans() -> None:
     """The ban stays for what the hotkey itself signed for W: its own delta carrying someone else's values."""
-    from validator.combine import PeerPrev, combine_window
+    from scoring.final import PeerState
+    from validator.combine import combine_window
 
     orig = _cand("orig", 1, t=10.0)
     res = Stage1Result(accepted={"orig": orig, "copier": _cand("copier", 0, t=20.0, like=orig)})
     _filter_copies(res, window=7, hp=HP, history=None, seed=1)
-    out = combine_window(7, prev={"copier": PeerPrev("copier", score=2.0)}, stage1=res, results={}, hp=HP)
+    out = combine_window(7, prev={"copier": PeerState(score=2.0)}, stage1=res, results={}, hp=HP)
     assert res.rejected["copier"].reason == Rejection.COPY.value
-    assert out.peers["copier"].banned_until == 7 + HP.scoring.copy_ban_windows
+    assert out.peers["copier"].state.banned_until_window == 7 + HP.scoring.copy_ban_windows
 
 
 

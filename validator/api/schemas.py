@@ -1,20 +1,22 @@
 """Public response schemas of the score API (``/api/v1``): what miners and dashboards see.
 
-These are separate from the ORM models in ``validator.db.models`` on purpose (FastAPI
-template style): the table can grow columns without changing the wire format, and the
-conversion functions here are the one place that decides what may be published. In
+A peer and a receipt have one list of fields, their table in ``validator.db.models``: the
+schemas here are derived from it (:func:`table_fields`) plus what the API adds (status,
+ordinal, differences), and the conversion functions are the one place that decides what
+may be published. In
 particular a window's random seed, and the random pages drawn from it, are shown only once
 the window's scoring is final (``scored``/``weights_set``); before that they are ``null``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from validator.db.models import FINAL_WINDOW_STATUSES, Evaluation, FollowState, Peer, WeightSet, Window
+from validator.db.models import FINAL_WINDOW_STATUSES, Base, Evaluation, FollowState, Peer, WeightSet, Window
 
 T = TypeVar("T")
 
@@ -42,25 +44,35 @@ class Page(Public, Generic[T]):
     items: list[T]
 
 
-class PeerPublic(Public):
-    """A peer's current state: rating (mu, sigma, ordinal = mu - 3 sigma), score and weight."""
+def table_fields(table: type[Base], *, omit: Collection[str] = (),
+                 describe: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``pydantic.create_model`` fields for ``table``'s columns, in table order, typed as the ORM types them.
 
-    hotkey: str
-    uid: int | None
+    The table is the one list of a peer's or a receipt's fields: a column added there is served
+    here without a second list to keep in step. What may be *shown* is still decided below.
+    """
+    hints = get_type_hints(table)
+    fields: dict[str, Any] = {}
+    for column in table.__table__.columns:
+        if column.key not in omit:
+            (annotation,) = get_args(hints[column.key])  # Mapped[X] -> X
+            fields[column.key] = (annotation, Field(description=(describe or {}).get(column.key, column.doc)))
+    return fields
+
+
+_PeerColumns = create_model("PeerColumns", __base__=Public, **table_fields(Peer, describe={
+    "bma": "Moving average of the peer's per-page proof-of-work indicator; divided by 1 - (1 - alpha)^"
+           "evaluated_windows it is the proof the work gate reads (scoring.work).",
+    "evaluated_windows": "Windows in which the peer was evaluated.",
+    "weight": "The share of this validator's weights the peer's score implied when last scored (scoring.weights).",
+}))
+
+
+class PeerPublic(_PeerColumns):  # type: ignore[misc, valid-type]
+    """A peer's current state (the ``peers`` table): rating (mu, sigma, ordinal = mu - 3 sigma), score, weight."""
+
     status: PeerStatus
-    rating_mu: float
-    rating_sigma: float
     ordinal: float
-    score: float
-    bma: float = Field(description="Moving average of the peer's per-page proof-of-work indicator; divided by "
-                       "1 - (1 - alpha)^evaluated_windows it is the proof the work gate reads (scoring.work).")
-    evaluated_windows: int = Field(0, description="Windows in which the peer was evaluated.")
-    weight: float
-    first_seen_window: int | None
-    last_seen_window: int | None
-    inactive_windows: int
-    banned_until_window: int | None
-    updated_at: datetime
 
 
 class LeaderboardEntry(PeerPublic):
@@ -99,45 +111,23 @@ class ReceiptSetup(BaseModel):
     evaluator: str | None = Field(None, description="validator (in-process) or worker.")
 
 
-class Receipt(Public):
-    """The score receipt of one peer in one window: everything needed to re-check its score."""
+_ReceiptColumns = create_model("ReceiptColumns", __base__=Public, **table_fields(
+    Evaluation, omit=("id", "created_at", "updated_at"), describe={
+        "random_seed_hex": "Published only once the window's scoring is final.",
+        "random_page_ids": "Published only once the window's scoring is final.",
+        "estimate": "First-order predicted loss change.",
+        "details": "Anything else worth showing: norms, per-page and reach losses, the eval step.",
+    }))
 
-    window: int
-    window_final: bool = Field(description="Scoring of the window is final; seeds are published.")
-    hotkey: str
-    uid: int | None
+
+class Receipt(_ReceiptColumns):  # type: ignore[misc, valid-type]
+    """The score receipt of one peer in one window (the ``evaluations`` table): everything to re-check its score."""
+
     status: EvaluationStatus
-    payload_hash: str | None
-    upload_bytes: int | None
-    uploaded_at: datetime | None
-    filters_passed: list[str]
-    reject_reason: str | None
-    reject_detail: str | None
-    copy_of_hotkey: str | None
-    random_seed_hex: str | None = Field(description="Published only once the window's scoring is final.")
-    base_model_hash: str | None
-    assigned_page_ids: list[int] | None
-    random_page_ids: list[int] | None = Field(description="Published only once the window's scoring is final.")
-    loss_before_assigned: float | None
-    loss_after_assigned: float | None
-    loss_before_random: float | None
-    loss_after_random: float | None
+    window_final: bool = Field(description="Scoring of the window is final; seeds are published.")
     loss_improvement_assigned: float | None = Field(description="loss_before_assigned - loss_after_assigned")
     loss_improvement_random: float | None = Field(description="loss_before_random - loss_after_random")
-    estimate: float | None
-    contribution: float | None
-    indicator: float | None
-    bma_after: float | None
-    sync_score: float | None
-    rating_mu_before: float | None
-    rating_sigma_before: float | None
-    rating_mu_after: float | None
-    rating_sigma_after: float | None
-    final_score: float | None
-    weight: float | None
-    eval_seconds: float | None
     setup: ReceiptSetup | None = Field(None, description="How Stage 2 ran (evaluated peers; None on older rows).")
-    details: dict[str, Any]
 
 
 class WindowPublic(Public):
@@ -235,16 +225,15 @@ def peer_status(peer: Peer, last_scored: int | None) -> PeerStatus:
     return "inactive" if peer.inactive_windows > 0 else "active"
 
 
+def _columns(model: type[BaseModel], row: Base) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in model.model_fields if hasattr(type(row), name)}
+
+
 def peer_public(peer: Peer, last_scored: int | None) -> PeerPublic:
-    return PeerPublic(
-        hotkey=peer.hotkey, uid=peer.uid, status=peer_status(peer, last_scored),
-        rating_mu=peer.rating_mu, rating_sigma=peer.rating_sigma,
-        ordinal=peer.rating_mu - 3.0 * peer.rating_sigma, score=peer.score, bma=peer.bma,
-        evaluated_windows=peer.evaluated_windows,
-        weight=peer.weight, first_seen_window=peer.first_seen_window, last_seen_window=peer.last_seen_window,
-        inactive_windows=peer.inactive_windows, banned_until_window=peer.banned_until_window,
-        updated_at=_utc(peer.updated_at),
-    )
+    values = _columns(_PeerColumns, peer)
+    values.update(status=peer_status(peer, last_scored), ordinal=peer.rating_mu - 3.0 * peer.rating_sigma,
+                  updated_at=_utc(peer.updated_at))
+    return PeerPublic(**values)
 
 
 def _split_setup(details: dict[str, Any] | None) -> tuple[ReceiptSetup | None, dict[str, Any]]:
@@ -261,23 +250,16 @@ def receipt(row: Evaluation, *, window_status: str) -> Receipt:
     """The public receipt; seed and random pages are withheld until the window is final."""
     final = window_status in FINAL_WINDOW_STATUSES
     setup, details = _split_setup(row.details)
-    return Receipt(
-        window=row.window, window_final=final, hotkey=row.hotkey, uid=row.uid, status=row.status,  # type: ignore[arg-type]
-        payload_hash=row.payload_hash, upload_bytes=row.upload_bytes, uploaded_at=_utc(row.uploaded_at),
-        filters_passed=list(row.filters_passed or []), reject_reason=row.reject_reason,
-        reject_detail=row.reject_detail, copy_of_hotkey=row.copy_of_hotkey,
-        random_seed_hex=row.random_seed_hex if final else None, base_model_hash=row.base_model_hash,
-        assigned_page_ids=row.assigned_page_ids, random_page_ids=row.random_page_ids if final else None,
-        loss_before_assigned=row.loss_before_assigned, loss_after_assigned=row.loss_after_assigned,
-        loss_before_random=row.loss_before_random, loss_after_random=row.loss_after_random,
+    values = _columns(_ReceiptColumns, row)
+    values.update(
+        window_final=final, uploaded_at=_utc(row.uploaded_at), filters_passed=list(row.filters_passed or []),
+        random_seed_hex=row.random_seed_hex if final else None,
+        random_page_ids=row.random_page_ids if final else None,
         loss_improvement_assigned=_diff(row.loss_before_assigned, row.loss_after_assigned),
         loss_improvement_random=_diff(row.loss_before_random, row.loss_after_random),
-        estimate=row.estimate, contribution=row.contribution, indicator=row.indicator,
-        bma_after=row.bma_after, sync_score=row.sync_score, rating_mu_before=row.rating_mu_before,
-        rating_sigma_before=row.rating_sigma_before, rating_mu_after=row.rating_mu_after,
-        rating_sigma_after=row.rating_sigma_after, final_score=row.final_score, weight=row.weight,
-        eval_seconds=row.eval_seconds, setup=setup, details=details,
+        setup=setup, details=details,
     )
+    return Receipt(**values)
 
 
 def window_public(row: Window) -> WindowPublic:

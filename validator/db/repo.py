@@ -17,13 +17,16 @@ Reads return ORM rows. A window's random seed is secret until the window is scor
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, NotRequired, Required, TypedDict, Unpack, cast
+from typing import Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from protocol.follow import FollowStatus
+from scoring.final import PeerState
+from scoring.ratings import Rating
 from validator.db.models import (
     EVALUATION_STATUSES,
     FINAL_WINDOW_STATUSES,
@@ -41,71 +44,34 @@ EvaluationStatus = Literal["accepted", "rejected", "missing", "unevaluated"]
 WindowStatus = Literal["open", "scoring", "scored", "weights_set"]
 
 
-class PeerChange(TypedDict, total=False):
-    """Fields of a peer to set; absent keys stay unchanged, an explicit None clears."""
+#: The columns a write may set; everything else is the database's (keys, timestamps).
+_PEER_COLUMNS = frozenset(c.key for c in Peer.__table__.columns) - {"hotkey", "first_seen_window",
+                                                                    "last_seen_window", "updated_at"}
+_RECEIPT_COLUMNS = frozenset(c.key for c in Evaluation.__table__.columns) - {"id", "window", "hotkey", "status",
+                                                                             "created_at", "updated_at"}
+
+
+def peer_state(row: Peer | None) -> PeerState:
+    """The scoring state (``scoring.final.PeerState``) a ``peers`` row holds; a newcomer's if None."""
+    if row is None:
+        return PeerState()
+    return PeerState(Rating(row.rating_mu, row.rating_sigma), row.bma, row.score, row.inactive_windows,
+                     row.banned_until_window, row.evaluated_windows)
+
+
+def _state_columns(state: PeerState) -> dict[str, Any]:
+    return {"rating_mu": state.rating.mu, "rating_sigma": state.rating.sigma, "bma": state.bma,
+            "score": state.score, "inactive_windows": state.inactive_windows,
+            "banned_until_window": state.banned_until_window, "evaluated_windows": state.evaluated_windows}
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """What a scored window stores for one peer: its uid, new scoring state and the weight it implies."""
 
     uid: int | None
-    seen_window: int  # sets first_seen_window (if unset) and raises last_seen_window
-    rating_mu: float
-    rating_sigma: float
-    bma: float
-    score: float
-    weight: float
-    inactive_windows: int
-    banned_until_window: int | None
-    evaluated_windows: int
-
-
-class PeerUpdate(PeerChange):
-    """A :class:`PeerChange` with the hotkey it applies to (for :func:`mark_window_scored`)."""
-
-    hotkey: Required[str]
-
-
-class ReceiptFields(TypedDict, total=False):
-    """Optional columns of a score receipt (``evaluations`` row)."""
-
-    uid: int | None
-    payload_hash: str | None
-    upload_bytes: int | None
-    uploaded_at: datetime | None
-    filters_passed: list[str]
-    reject_reason: str | None
-    reject_detail: str | None
-    copy_of_hotkey: str | None
-    assigned_page_ids: list[int] | None
-    random_page_ids: list[int] | None
-    random_seed_hex: str | None
-    base_model_hash: str | None
-    loss_before_assigned: float | None
-    loss_after_assigned: float | None
-    loss_before_random: float | None
-    loss_after_random: float | None
-    contribution: float | None
-    indicator: float | None
-    bma_after: float | None
-    estimate: float | None
-    sync_score: float | None
-    rating_mu_before: float | None
-    rating_sigma_before: float | None
-    rating_mu_after: float | None
-    rating_sigma_after: float | None
-    final_score: float | None
-    weight: float | None
-    eval_seconds: float | None
-    details: dict[str, Any]
-
-
-class Receipt(ReceiptFields):
-    """A full receipt for :func:`mark_window_scored` (the window is given there)."""
-
-    hotkey: Required[str]
-    status: Required[EvaluationStatus]
-    window: NotRequired[int]
-
-
-_RECEIPT_COLUMNS = frozenset(ReceiptFields.__annotations__)
-_PEER_COLUMNS = frozenset(PeerChange.__annotations__)
+    state: PeerState
+    weight: float = 0.0
 
 
 # --------------------------------------------------------------------------- helpers
@@ -155,7 +121,7 @@ def _committed(session: Session, write: Any) -> Any:
 # --------------------------------------------------------------------------- peers
 
 
-def _apply_peer(session: Session, *, hotkey: str, **changes: Any) -> Peer:
+def _apply_peer(session: Session, *, hotkey: str, seen_window: int | None = None, **changes: Any) -> Peer:
     _unknown(changes, _PEER_COLUMNS, "peer")
     peer = session.get(Peer, hotkey)
     if peer is None:
@@ -166,7 +132,7 @@ def _apply_peer(session: Session, *, hotkey: str, **changes: Any) -> Peer:
         session.execute(
             sa.update(Peer).where(Peer.uid == changes["uid"], Peer.hotkey != hotkey).values(uid=None)
         )
-    seen = changes.pop("seen_window", None)
+    seen = seen_window
     if seen is not None:
         if peer.first_seen_window is None or seen < peer.first_seen_window:
             peer.first_seen_window = seen
@@ -178,20 +144,29 @@ def _apply_peer(session: Session, *, hotkey: str, **changes: Any) -> Peer:
     return peer
 
 
-def upsert_peer(session: Session, *, hotkey: str, **changes: Unpack[PeerChange]) -> Peer:
-    """Create or update the peer ``hotkey`` with ``changes`` and commit."""
-    return cast(Peer, _committed(session, lambda: _apply_peer(session, hotkey=hotkey, **changes)))
+def upsert_peer(session: Session, *, hotkey: str, seen_window: int | None = None, **columns: Any) -> Peer:
+    """Create or update the peer ``hotkey`` and commit: ``columns`` are ``peers`` columns to set.
+
+    Absent columns stay unchanged, an explicit None clears; ``seen_window`` sets the first
+    seen window (if unset) and raises the last one. Scoring writes go through
+    :func:`mark_window_scored` with a :class:`PeerRecord`; this is for tools and tests.
+    """
+    return cast(Peer, _committed(session, lambda: _apply_peer(session, hotkey=hotkey, seen_window=seen_window,
+                                                              **columns)))
 
 
 # --------------------------------------------------------------------------- receipts
 
 
-def _upsert_evaluation(
-    session: Session, *, window: int, hotkey: str, status: str, **fields: Any
-) -> Evaluation:
-    _unknown(fields, _RECEIPT_COLUMNS, "receipt")
-    _check_status(status, EVALUATION_STATUSES, "evaluation status")
-    values = {"window": window, "hotkey": hotkey, "status": status, **fields}
+def receipt_values(receipt: Evaluation) -> dict[str, Any]:
+    """The columns set on a (transient) receipt row: what an upsert writes, nothing it would default."""
+    return {k: v for k, v in sa.inspect(receipt).dict.items() if k in _RECEIPT_COLUMNS}
+
+
+def _upsert_evaluation(session: Session, receipt: Evaluation) -> Evaluation:
+    _check_status(receipt.status, EVALUATION_STATUSES, "evaluation status")
+    values = {"window": receipt.window, "hotkey": receipt.hotkey, "status": receipt.status,
+              **receipt_values(receipt)}
     stmt = _insert(session, Evaluation).values(**values)
     updates = {name: stmt.excluded[name] for name in values if name not in ("window", "hotkey")}
     updates["updated_at"] = utcnow()
@@ -201,24 +176,16 @@ def _upsert_evaluation(
 
 
 def record_evaluation(
-    session: Session,
-    *,
-    window: int,
-    hotkey: str,
-    status: EvaluationStatus,
-    **fields: Unpack[ReceiptFields],
+    session: Session, *, window: int, hotkey: str, status: EvaluationStatus, **columns: Any,
 ) -> Evaluation:
-    """Write the score receipt of ``hotkey`` in ``window`` and commit.
+    """Write the score receipt of ``hotkey`` in ``window`` and commit; ``columns`` are ``evaluations`` columns.
 
     Idempotent: recording the same (window, hotkey) again overwrites the given fields of
     the one receipt (fields not given keep their value). The window row must exist
-    (:func:`open_window`).
+    (:func:`open_window`). An unknown column is a ``TypeError``.
     """
-
-    def write() -> Evaluation:
-        return _upsert_evaluation(session, window=window, hotkey=hotkey, status=status, **fields)
-
-    return cast(Evaluation, _committed(session, write))
+    receipt = Evaluation(window=window, hotkey=hotkey, status=status, **columns)
+    return cast(Evaluation, _committed(session, lambda: _upsert_evaluation(session, receipt)))
 
 
 # --------------------------------------------------------------------------- windows
@@ -283,8 +250,8 @@ def mark_window_scored(
     session: Session,
     *,
     window: int,
-    evaluations: Iterable[Receipt] = (),
-    peers: Iterable[PeerUpdate] = (),
+    evaluations: Iterable[Evaluation] = (),
+    peers: Mapping[str, PeerRecord] | None = None,
     aggregate_hash: str | None = None,
     random_seed_hex: str | None = None,
     base_model_hash: str | None = None,
@@ -306,12 +273,14 @@ def mark_window_scored(
         if row.is_final:
             return False
         for receipt in evaluations:
-            fields = dict(receipt)
-            if fields.pop("window", window) != window:
-                raise ValueError(f"receipt for window {receipt.get('window')} passed for window {window}")
-            _upsert_evaluation(session, window=window, **fields)
-        for update in peers:
-            _apply_peer(session, **update)
+            if receipt.window is None:
+                receipt.window = window
+            if receipt.window != window:
+                raise ValueError(f"receipt for window {receipt.window} passed for window {window}")
+            _upsert_evaluation(session, receipt)
+        for hotkey, rec in (peers or {}).items():
+            _apply_peer(session, hotkey=hotkey, seen_window=window, uid=rec.uid, weight=rec.weight,
+                        **_state_columns(rec.state))
         counts = window_counts(session, window=window)
         row.status = "scored"
         row.scored_at = scored_at or utcnow()
