@@ -27,12 +27,15 @@ __all__ = [
     "RateLimitedError",
     "SubnetFullError",
     "SubnetNotFoundError",
+    "SubnetParams",
     "WalletError",
     "coldkey_address",
     "hotkey_address",
     "seconds_per_block",
 ]
 
+#: Subtensor's fixed-point one: ``MaxWeightsLimit`` is a fraction of it (65535 = no cap).
+U16_MAX = 65535
 #: Subtensor's target block time; used only when the chain cannot be asked.
 NOMINAL_BLOCK_TIME_S = 12.0
 #: How far back :func:`seconds_per_block` measures: far enough to average out a late block,
@@ -123,6 +126,50 @@ class Metagraph:
         return [u for u, p in zip(self.uids, self.validator_permit, strict=True) if p]
 
 
+@dataclass(frozen=True)
+class SubnetParams:
+    """The subnet hyper-parameters that decide when, how and what a validator may send as weights.
+
+    Read from the chain, never assumed: a subnet owner changes them at any time, and a set
+    that ignores one is refused (too early, too old a version key, too few weights) or
+    rewritten by the SDK (the max-weight clip) so that the chain holds something other
+    than what the validator recorded.
+
+    * ``tempo``: blocks between Yuma epochs; only the weights on chain at an epoch count.
+    * ``weights_rate_limit``: blocks a hotkey waits after its ``last_update`` before the
+      next set (subtensor counts from registration too).
+    * ``weights_version``: the lowest ``version_key`` the chain accepts.
+    * ``commit_reveal_enabled`` / ``commit_reveal_period``: weights go on chain as a
+      timelocked commit, revealed (and counted) that many epochs later.
+    * ``max_weights_limit``: subtensor's ``MaxWeightsLimit``, a **u16 fraction**, not a
+      count of uids: no weight may exceed ``max_weights_limit / 65535`` of the row's sum
+      (65535 = no cap). :attr:`max_weight_fraction` is that fraction.
+    * ``min_allowed_weights``: the fewest non-zero weights a set may carry.
+    """
+
+    netuid: int
+    tempo: int
+    weights_rate_limit: int
+    weights_version: int
+    commit_reveal_enabled: bool
+    commit_reveal_period: int
+    max_weights_limit: int
+    min_allowed_weights: int
+
+    @property
+    def max_weight_fraction(self) -> float:
+        """The largest share of a row's sum one weight may have (1.0: no cap)."""
+        return self.max_weights_limit / U16_MAX
+
+    def next_set_block(self, last_update: int) -> int:
+        """The first block at which a hotkey last updated at ``last_update`` may set weights again.
+
+        A ``last_update`` of 0 (never set, genesis registration) is not rate limited, the way
+        subtensor and the SDK's preflight treat it.
+        """
+        return last_update + self.weights_rate_limit if last_update > 0 else 0
+
+
 @runtime_checkable
 class Chain(Protocol):
     """What miners and validators may ask of a chain.
@@ -136,7 +183,8 @@ class Chain(Protocol):
       single consistent snapshot instead of stitching several reads together.
     * **Signals.** Commitments carry where a miner's deltas live; weights carry a
       validator's scores. Writes take the hotkey keypair that signs them, never a
-      coldkey: nodes must run without coldkey access.
+      coldkey: nodes must run without coldkey access. ``subnet_params`` says when and
+      what the chain accepts as weights (rate limit, version key, caps, commit-reveal).
 
     Every failure is a :class:`ChainError` subclass, so callers can retry on
     ``RateLimitedError``/``ChainUnavailableError`` and fail fast on the rest.
@@ -181,6 +229,10 @@ class Chain(Protocol):
 
     def weights(self, netuid: int) -> dict[int, dict[int, float]]:
         """Validator uid -> {miner uid: normalised weight}."""
+        ...
+
+    def subnet_params(self, netuid: int) -> SubnetParams:
+        """The subnet's weight-setting hyper-parameters at the head; :class:`SubnetNotFoundError` when absent."""
         ...
 
 

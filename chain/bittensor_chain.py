@@ -10,6 +10,15 @@ a subnet that turns commit-reveal on gets timelocked commits from the next set. 
 transport for any implementation of the SDK's ``Substrate`` protocol; the tests use an
 in-memory fake, so this module is exercised without a node.
 
+``subnet_params`` reads the hyper-parameters through the SDK's own table of them
+(``bittensor.hyperparams.STORAGE_ITEMS``: name -> storage item), all at one block. These are
+the very storage items ``SetWeights`` preflights (``WeightsSetRateLimit``,
+``CommitRevealWeightsEnabled``, ``MaxWeightsLimit``, ``MinAllowedWeights``, ``Tempo``,
+``RevealPeriodEpochs``), so what the validator plans with is what the SDK then enforces.
+The SDK's one-call ``subnet_hyperparameters`` read is not used: it needs the
+``get_subnet_hyperparams_v3`` runtime API, which the recorded runtime (spec 343) lacks, and
+it returns every parameter where seven are needed.
+
 Failures are translated once, here: SDK error codes become ``chain.base`` errors, and
 transport failures are retried with exponential backoff before becoming a
 ``ChainUnavailableError`` that names the endpoint.
@@ -18,6 +27,7 @@ transport failures are retried with exponential backoff before becoming a
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -32,6 +42,7 @@ from chain.base import (
     NoValidatorPermitError,
     RateLimitedError,
     SubnetNotFoundError,
+    SubnetParams,
     coldkey_address,
     hotkey_address,
 )
@@ -45,6 +56,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 U16_MAX = 65535
 MAX_COMMITMENT_BYTES = 128  # the Commitments pallet's largest Raw field
+#: SubnetParams field -> the SDK's hyper-parameter name (its key in ``hyperparams.STORAGE_ITEMS``).
+SUBNET_PARAM_NAMES = {
+    "tempo": "tempo",
+    "weights_rate_limit": "weights_rate_limit",
+    "weights_version": "weights_version",
+    "commit_reveal_enabled": "commit_reveal_weights_enabled",
+    "commit_reveal_period": "commit_reveal_period",
+    "max_weights_limit": "max_weights_limit",
+    "min_allowed_weights": "min_allowed_weights",
+}
+_RETRY_IN = re.compile(r"Retry in ~(\d+) blocks")
 
 
 def _translate(exc: Exception) -> ChainError:
@@ -53,8 +75,9 @@ def _translate(exc: Exception) -> ChainError:
 
     code = getattr(exc, "code", None)
     message = str(exc)
-    if code == ErrorCode.RATE_LIMITED:
-        return RateLimitedError(message)
+    if code == ErrorCode.RATE_LIMITED:  # the SDK's preflight says how long: "Retry in ~N blocks"
+        wait = _RETRY_IN.search(message)
+        return RateLimitedError(message, int(wait.group(1)) if wait else 0)
     if code == ErrorCode.NOT_REGISTERED:
         return NotRegisteredError(message)
     if code == ErrorCode.NOT_AUTHORIZED or "permit" in message.lower():
@@ -196,6 +219,29 @@ class BittensorChain:
                 out[int(uid)] = given
         return out
 
+    def subnet_params(self, netuid: int) -> SubnetParams:
+        """The weight-setting hyper-parameters, read at one block through the SDK's storage table."""
+        from bittensor.hyperparams import STORAGE_ITEMS
+
+        def read() -> dict[str, Any] | None:
+            at = self._client.at()  # one block for every read: no mix of before and after an owner's change
+            if not at.query(("SubtensorModule", "NetworksAdded"), [netuid]):
+                return None
+            return {field: at.query(STORAGE_ITEMS[name], [netuid]) for field, name in SUBNET_PARAM_NAMES.items()}
+
+        raw = self._call("subnet params", read)
+        if raw is None:
+            raise SubnetNotFoundError(f"subnet {netuid} does not exist on {self.endpoint}")
+        return SubnetParams(
+            netuid=netuid, tempo=int(raw["tempo"] or 0), weights_rate_limit=int(raw["weights_rate_limit"] or 0),
+            weights_version=int(raw["weights_version"] or 0),
+            commit_reveal_enabled=bool(raw["commit_reveal_enabled"]),
+            commit_reveal_period=int(raw["commit_reveal_period"] or 0),
+            # The SDK's preflight reads a missing cap as none (65535); so does this.
+            max_weights_limit=U16_MAX if raw["max_weights_limit"] is None else int(raw["max_weights_limit"]),
+            min_allowed_weights=int(raw["min_allowed_weights"] or 0),
+        )
+
     # --- writes -------------------------------------------------------------------------
 
     def _submit(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -247,7 +293,15 @@ class BittensorChain:
             raise InvalidWeightsError("uids and weights must be non-empty and of equal length")
         intent = bt.SetWeights(netuid=netuid, uids=list(uids), weights=[float(w) for w in weights],
                                version_key=version_key)
-        self._submit("set_weights", lambda: self._client.execute(intent, hotkey_keypair))
+        result = self._submit("set_weights", lambda: self._client.execute(intent, hotkey_keypair))
+        # The SDK chose the path from CommitRevealWeightsEnabled at the head; a timelocked commit
+        # carries its drand reveal round, and nothing is readable on chain until then.
+        reveal_round = (result.data or {}).get("reveal_round")
+        if reveal_round is not None:
+            log.info("weights committed on subnet %d (commit-reveal): revealed at drand round %s", netuid,
+                     reveal_round)
+        else:
+            log.info("weights set on subnet %d (plaintext, %d uids)", netuid, len(uids))
 
 
 def _amount(balance: Any) -> float:

@@ -61,7 +61,7 @@ def chain_status(
     netuid: int | None = typer.Option(None, "--netuid", help="Subnet (default: settings)."),
     chain_url: str | None = typer.Option(None, "--chain", help="Chain URL (default: settings)."),
 ) -> None:
-    """Block, window and the metagraph table of a subnet."""
+    """Block, window, the subnet's weight hyper-parameters and the metagraph table of a subnet."""
     from chain.base import ChainError
     from chain.connect import open_chain
     from protocol.hparams import load_hparams
@@ -77,10 +77,15 @@ def chain_status(
         chain = open_chain(url)
         block = chain.block()
         mg = chain.metagraph(net)
+        sp = chain.subnet_params(net)
     except ChainError as exc:
         _fail(str(exc))
     hp = load_hparams(settings.hparams)
     typer.echo(f"chain {url}  block {block}  window {window_of(block, hp.windows)}  netuid {net}  uids {mg.n}")
+    reveal = f"on (revealed after {sp.commit_reveal_period} epochs)" if sp.commit_reveal_enabled else "off"
+    typer.echo(f"tempo {sp.tempo}  weights rate limit {sp.weights_rate_limit} blocks  weights version "
+               f"{sp.weights_version}  commit-reveal {reveal}  max weight {sp.max_weight_fraction:.4f} of a row  "
+               f"min weights {sp.min_allowed_weights}")
     typer.echo(f"{'uid':>4} {'hotkey':<48} {'stake':>10} {'vp':>2} {'updated':>8} "
                f"{'incentive':>9} {'dividends':>9} {'emission':>9}")
     for i, uid in enumerate(mg.uids):

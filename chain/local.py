@@ -15,6 +15,12 @@ passed with nobody touching the chain, one epoch runs for the latest: nothing ch
 in between, so the result is the same. Writes run pending epochs first, so a write just
 after a boundary never leaks into the epoch before it.
 
+The subnet hyper-parameters a validator reads before setting weights
+(:meth:`LocalChain.subnet_params`) are the file's parameters, and ``set_weights``
+enforces each one it advertises, as subtensor would: the rate limit, the version key,
+``min_allowed_weights`` and the ``max_weights_limit`` cap (a u16 fraction of the row's sum;
+a lone self-weight is exempt from both, as on subtensor). Commit-reveal is never on.
+
 Dev simplifications (documented in the report): signatures are not checked (holding
 the Keypair object is the proof), commitments are not rate limited, emission is
 recorded but not restaked, and the weights rate limit counts from the last
@@ -37,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from chain.base import (
+    U16_MAX,
     ChainError,
     ChainTimeoutError,
     InvalidWeightsError,
@@ -46,6 +53,7 @@ from chain.base import (
     RateLimitedError,
     SubnetFullError,
     SubnetNotFoundError,
+    SubnetParams,
     coldkey_address,
     hotkey_address,
 )
@@ -94,6 +102,8 @@ class LocalParams:
     immunity_period: int = 4096
     emission_per_block: float = 1.0
     weights_version: int = 0
+    min_allowed_weights: int = 1  # older files lack the two: subtensor's defaults
+    max_weights_limit: int = U16_MAX
 
 
 class LocalChain:
@@ -135,16 +145,23 @@ class LocalChain:
         immunity_period: int = 4096,
         emission_per_block: float = 1.0,
         weights_version: int = 0,
+        min_allowed_weights: int = 1,
+        max_weights_limit: int = U16_MAX,
         netuids: tuple[int, ...] = (1,),
         clock: Callable[[], float] = time.time,
     ) -> LocalChain:
         """Create the file (or open it if another process just did) with subnets ``netuids``."""
         if block_time_s <= 0 or tempo < 1 or max_uids < 1:
             raise ChainError("block_time_s must be > 0, tempo >= 1 and max_uids >= 1")
+        if weights_rate_limit < 0 or min_allowed_weights < 0 or not 0 < max_weights_limit <= U16_MAX:
+            raise ChainError("weights_rate_limit and min_allowed_weights must be >= 0, max_weights_limit in 1..65535")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        params = LocalParams(clock(), block_time_s, tempo, max_uids, max_validators, weights_rate_limit,
-                             immunity_period, emission_per_block, weights_version)
+        params = LocalParams(
+            genesis_time=clock(), block_time_s=block_time_s, tempo=tempo, max_uids=max_uids,
+            max_validators=max_validators, weights_rate_limit=weights_rate_limit, immunity_period=immunity_period,
+            emission_per_block=emission_per_block, weights_version=weights_version,
+            min_allowed_weights=min_allowed_weights, max_weights_limit=max_weights_limit)
         conn = cls._connect(path)
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -380,6 +397,8 @@ class LocalChain:
             unknown = sorted(set(uids) - set(all_uids))
             if unknown:
                 raise InvalidWeightsError(f"uids not registered on subnet {netuid}: {unknown}")
+            if uids != [uid]:  # a lone self-weight is exempt, as on subtensor
+                self._check_weight_limits(weights)
             last = c.execute("SELECT weights_block FROM neurons WHERE netuid = ? AND uid = ?", (netuid, uid)).fetchone()[0]
             if last is not None and b - last < self.params.weights_rate_limit:
                 wait = self.params.weights_rate_limit - (b - last)
@@ -390,6 +409,26 @@ class LocalChain:
                           [(netuid, uid, int(d), float(w) / total) for d, w in zip(uids, weights, strict=True) if w > 0])
             c.execute("UPDATE neurons SET weights_block = ?, last_update = ? WHERE netuid = ? AND uid = ?",
                       (b, b, netuid, uid))
+
+    def _check_weight_limits(self, weights: list[float]) -> None:
+        """``min_allowed_weights`` and the ``max_weights_limit`` share, checked as subtensor does."""
+        given = [w for w in weights if w > 0]
+        if len(given) < self.params.min_allowed_weights:
+            raise InvalidWeightsError(f"{len(given)} non-zero weights; the subnet requires at least "
+                                      f"{self.params.min_allowed_weights}")
+        share = max(given) / sum(given)
+        if share > self.params.max_weights_limit / U16_MAX + 1 / U16_MAX:  # within the chain's u16 rounding
+            raise InvalidWeightsError(f"largest weight is {share:.4f} of the row; the subnet caps one weight at "
+                                      f"{self.params.max_weights_limit / U16_MAX:.4f}")
+
+    def subnet_params(self, netuid: int) -> SubnetParams:
+        """The file's parameters, which :meth:`set_weights` enforces; commit-reveal is never on here."""
+        with self._read() as (c, _):
+            self._require_subnet(c, netuid)
+        p = self.params
+        return SubnetParams(netuid=netuid, tempo=p.tempo, weights_rate_limit=p.weights_rate_limit,
+                            weights_version=p.weights_version, commit_reveal_enabled=False, commit_reveal_period=0,
+                            max_weights_limit=p.max_weights_limit, min_allowed_weights=p.min_allowed_weights)
 
     def weights(self, netuid: int) -> dict[int, dict[int, float]]:
         with self._read() as (c, _):

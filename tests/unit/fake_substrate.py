@@ -8,6 +8,11 @@ MEV-shielded: the inner extrinsic is signed by ``sign_extrinsic`` and carried by
 ``MevShield.submit_encrypted``). Nothing in the SDK or the backend is patched: the backend
 gets the fake as ``substrate=``.
 
+The subnet's weight hyper-parameters (``tempo``, ``rate_limit``, ``weights_version``,
+``commit_reveal``, ``reveal_period``, ``max_weights_limit``, ``min_allowed_weights``) are plain
+attributes a test may change between calls, as a subnet owner would; the SDK's preflight and
+the backend's ``subnet_params`` read the same ones.
+
 It behaves like a real node where that has bitten us: block 0 has no timestamp
 (``Timestamp.Now`` is 0 in genesis state) and, with ``kept_blocks``, state older than that
 many blocks is gone, as on a pruning node.
@@ -55,6 +60,8 @@ class FakeSubstrate:
         self.composed: list[tuple[str, str, dict]] = []
         self.fail_connects = fail_connects
         self.kept_blocks, self.commit_reveal = kept_blocks, commit_reveal
+        self.tempo, self.weights_version, self.reveal_period = 360, 0, 1
+        self.max_weights_limit, self.min_allowed_weights = U16, 0
 
     def balance(self, rao: int, netuid: int = 0) -> bt.Balance:
         return bt.Balance(int(rao), netuid, None)
@@ -91,7 +98,7 @@ class FakeSubstrate:
         return {
             "netuid": self.netuid,
             "block": self.head,
-            "tempo": 360,
+            "tempo": self.tempo,
             "last_step": 0,
             "blocks_since_last_step": 1,
             "owner_hotkey": self.hotkeys[0],
@@ -123,16 +130,20 @@ class FakeSubstrate:
                 return self.rate_limit
             case "LastUpdate":
                 return self.last_update
+            case "NetworksAdded":
+                return params == [self.netuid]
             case "MinAllowedWeights":
-                return 0
+                return self.min_allowed_weights
             case "MaxWeightsLimit":
-                return U16
+                return self.max_weights_limit
+            case "WeightsVersionKey":
+                return self.weights_version
             case "SubnetEpochConsensus":
                 return "Yuma"
             case "Tempo":
-                return 360
+                return self.tempo
             case "RevealPeriodEpochs":
-                return 1
+                return self.reveal_period
             case "LastEpochBlock" | "PendingEpochAt" | "SubnetEpochIndex" | "BlocksSinceLastStep":
                 return 0
             case "Burn":

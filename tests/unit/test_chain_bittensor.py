@@ -13,11 +13,13 @@ import pytest
 from bittensor.sp_core import Keypair
 
 from chain.base import (
+    U16_MAX,
     Chain,
     ChainUnavailableError,
     NotRegisteredError,
     RateLimitedError,
     SubnetNotFoundError,
+    SubnetParams,
     WalletError,
     seconds_per_block,
 )
@@ -68,8 +70,26 @@ def test_set_weights_plaintext_with_version_key_and_rate_limit(
     assert params["version_key"] == 7 and params["dests"] == [1, 2]
     assert chain.weights(1)[0] == pytest.approx({1: 0.25, 2: 0.75}, abs=1e-4)  # u16-quantised by the SDK
     fake.head += 3
-    with pytest.raises(RateLimitedError, match="Retry in ~7 blocks"):
+    with pytest.raises(RateLimitedError, match="Retry in ~7 blocks") as info:
         chain.set_weights(KEYS[0], 1, [1], [1.0], version_key=7)
+    assert info.value.retry_after_blocks == 7  # parsed from the SDK's preflight, for the caller's retry
+
+
+def test_subnet_params_are_the_storage_items_the_sdk_preflights(chain: BittensorChain, fake: FakeSubstrate) -> None:
+    assert chain.subnet_params(1) == SubnetParams(
+        netuid=1, tempo=360, weights_rate_limit=10, weights_version=0, commit_reveal_enabled=False,
+        commit_reveal_period=1, max_weights_limit=U16_MAX, min_allowed_weights=0)
+    # The subnet owner changes them: the next read sees it (nothing cached).
+    fake.tempo, fake.rate_limit, fake.weights_version, fake.commit_reveal, fake.reveal_period = 99, 50, 12, True, 3
+    fake.max_weights_limit, fake.min_allowed_weights = 6553, 8
+    p = chain.subnet_params(1)
+    assert (p.tempo, p.weights_rate_limit, p.weights_version, p.commit_reveal_enabled, p.commit_reveal_period) == (
+        99, 50, 12, True, 3)
+    assert (p.max_weights_limit, p.min_allowed_weights) == (6553, 8)
+    assert p.max_weight_fraction == pytest.approx(0.1, abs=1e-4)  # a u16 fraction of the row, not a uid count
+    assert p.next_set_block(400) == 450 and p.next_set_block(0) == 0  # never set: not rate limited
+    with pytest.raises(SubnetNotFoundError):
+        chain.subnet_params(7)
 
 
 def test_set_weights_unregistered_hotkey(chain: BittensorChain) -> None:

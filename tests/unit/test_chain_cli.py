@@ -35,6 +35,7 @@ def test_chain_local_once_and_status(tmp_path: Path) -> None:
     status = runner.invoke(chain_app, ["status", "--chain", f"local:{db}", "--netuid", "1"])
     assert status.exit_code == 0, status.output
     assert "uids 1" in status.output and load_hotkey(wallet_dir, "v", "h").ss58_address in status.output
+    assert "tempo 5  weights rate limit 100 blocks  weights version 0  commit-reveal off" in status.output
     missing = runner.invoke(chain_app, ["status", "--chain", f"local:{tmp_path / 'nope.db'}"])
     assert missing.exit_code == 1 and "gauntlet chain local" in missing.output
     bad = runner.invoke(chain_app, ["status", "--chain", f"local:{db}", "--netuid", "9"])

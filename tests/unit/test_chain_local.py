@@ -9,6 +9,7 @@ import pytest
 from bittensor.sp_core import Keypair
 
 from chain.base import (
+    U16_MAX,
     Chain,
     ChainError,
     ChainTimeoutError,
@@ -18,6 +19,7 @@ from chain.base import (
     RateLimitedError,
     SubnetFullError,
     SubnetNotFoundError,
+    SubnetParams,
 )
 from chain.connect import open_chain
 from chain.local import LocalChain
@@ -173,3 +175,45 @@ def test_create_subnet_with_owner(chain: LocalChain) -> None:
     assert chain.subnets() == [1, 2]
     with pytest.raises(ChainError, match="already exists"):
         chain.create_subnet(key(5), netuid=2)
+
+
+def test_subnet_params_are_the_files_and_set_weights_enforces_them(tmp_path: Path, clock: Clock) -> None:
+    chain = LocalChain.create(tmp_path / "p.db", block_time_s=1.0, tempo=10, weights_rate_limit=3, weights_version=4,
+                              min_allowed_weights=2, max_weights_limit=U16_MAX // 2, clock=clock)
+    assert chain.subnet_params(1) == SubnetParams(
+        netuid=1, tempo=10, weights_rate_limit=3, weights_version=4, commit_reveal_enabled=False,
+        commit_reveal_period=0, max_weights_limit=U16_MAX // 2, min_allowed_weights=2)
+    assert chain.subnet_params(1).max_weight_fraction == pytest.approx(0.5, abs=1e-4)
+    with pytest.raises(SubnetNotFoundError):
+        chain.subnet_params(9)
+    v = key(0)
+    for i in range(4):
+        chain.register(key(i), 1)
+    chain.stake(v, 10)
+    with pytest.raises(InvalidWeightsError, match="version_key 3"):
+        chain.set_weights(v, 1, [1, 2], [0.5, 0.5], 3)
+    with pytest.raises(InvalidWeightsError, match="at least 2"):
+        chain.set_weights(v, 1, [1, 2], [1.0, 0.0], 4)
+    with pytest.raises(InvalidWeightsError, match="caps one weight"):
+        chain.set_weights(v, 1, [1, 2, 3], [0.6, 0.2, 0.2], 4)
+    chain.set_weights(v, 1, [0], [1.0], 4)  # a lone self-weight is exempt from both, as on subtensor
+    clock.advance_blocks(3)
+    chain.set_weights(v, 1, [1, 2, 3], [0.5, 0.25, 0.25], 4)  # at the cap is allowed
+    assert chain.weights(1)[0] == pytest.approx({1: 0.5, 2: 0.25, 3: 0.25})
+
+
+def test_a_chain_file_from_before_the_weight_limits_opens_with_subtensors_defaults(
+    tmp_path: Path, clock: Clock
+) -> None:
+    import json
+
+    path = tmp_path / "old.db"
+    LocalChain.create(path, block_time_s=1.0, clock=clock).close()
+    conn = sqlite3.connect(path)
+    params = json.loads(conn.execute("SELECT value FROM params WHERE key = 'params'").fetchone()[0])
+    del params["min_allowed_weights"], params["max_weights_limit"]
+    conn.execute("UPDATE params SET value = ? WHERE key = 'params'", (json.dumps(params),))
+    conn.commit()
+    conn.close()
+    p = LocalChain.open(path, clock=clock).subnet_params(1)
+    assert (p.min_allowed_weights, p.max_weights_limit, p.weights_rate_limit) == (1, U16_MAX, 100)

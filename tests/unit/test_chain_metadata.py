@@ -32,9 +32,13 @@ SENT_CALLS = {
     ("SubtensorModule", "set_mechanism_weights"): (7, 119),  # SetWeights, commit-reveal off
     ("SubtensorModule", "commit_timelocked_mechanism_weights"): (7, 118),  # SetWeights, commit-reveal on
 }
-#: Storage the backend itself reads (the SDK reads more for its preflights; see below).
+#: Storage the backend itself reads (the SDK reads more for its preflights; see below), the
+#: subnet's weight hyper-parameters (``subnet_params``) included.
 BACKEND_READS = {("SubtensorModule", "Uids"), ("SubtensorModule", "Weights"), ("Commitments", "CommitmentOf"),
-                 ("Timestamp", "Now")}
+                 ("Timestamp", "Now"), ("SubtensorModule", "NetworksAdded"),
+                 *(("SubtensorModule", item) for item in (
+                     "Tempo", "WeightsSetRateLimit", "WeightsVersionKey", "CommitRevealWeightsEnabled",
+                     "RevealPeriodEpochs", "MaxWeightsLimit", "MinAllowedWeights"))}
 #: What SDK 11.3 uses that spec 343 does not have yet: the MEV shield it requires for
 #: ``burned_register`` and the epoch-schedule reads of its weights preflight. A node running
 #: spec 343 would refuse these; the SDK needs a newer runtime, not a backend change.
@@ -129,6 +133,7 @@ def exercised(tmp_path_factory: pytest.TempPathFactory) -> MetadataSubstrate:
     fake = MetadataSubstrate([k.ss58_address for k in KEYS], [100.0, 0.0, 0.0])
     chain = BittensorChain("ws://127.0.0.1:9944", substrate=fake, sleep=lambda _: None)
     chain.metagraph(1)
+    assert chain.subnet_params(1).tempo == 360
     chain.commit(KEYS[1], 1, "s3://bucket/miner-1")
     assert chain.commitments(1) == {KEYS[1].ss58_address: "s3://bucket/miner-1"}
     chain.set_weights(KEYS[0], 1, [1, 2], [0.25, 0.75], version_key=7)
