@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from miner.simulate import SimConfig, SimResult, simulate
 from protocol.hparams import load_hparams
 from protocol.pages import default_store
+from testing.miner_sim import SimConfig, SimResult, simulate
 
 
 def main() -> None:

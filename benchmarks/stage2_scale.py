@@ -54,8 +54,8 @@ def _child(args: argparse.Namespace, peers: int) -> dict[str, float]:
     from protocol.codec import CodecConfig, encode
     from protocol.hparams import HParams
     from protocol.model import build_model, model_from_state, param_shapes, preset
+    from testing.validator_sim import RandomPages
     from validator.evaluate import Compute, EvalJob, WindowEvaluator
-    from validator.simulate import RandomPages
     from validator.stage1 import Decoded, decode_upload
 
     torch.manual_seed(0)

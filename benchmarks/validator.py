@@ -50,7 +50,7 @@ REDIS_URL = os.environ.get("GAUNTLET_TEST_REDIS_URL", "redis://127.0.0.1:6379/15
 
 
 def _deltas(net, theta: GlobalModel, n: int) -> list[bytes]:
-    from validator import simulate
+    from testing import validator_sim as simulate
 
     base = []
     for m in net.miners[: min(8, n)]:
@@ -68,7 +68,8 @@ def _deltas(net, theta: GlobalModel, n: int) -> list[bytes]:
 
 
 def setup(root: Path, n: int, pages, redis_url: str | None = None):
-    from validator import service, simulate
+    from testing import validator_sim as simulate
+    from validator import service
     from validator.app import RunOptions, build_context
 
     net = simulate.local_net(root, HP, n, pages=pages)

@@ -6,8 +6,10 @@ real processes: one or more validators of decreasing stake (each restarted if it
 a service manager would; ``--late-validator K`` starts the last one K windows late), a
 Stage-2 worker when Redis is configured, the score API of the first validator, honest
 miners of increasing effort (inner steps), and one miner per adversarial mode
-(``testing.adversaries``, found through ``miner.modes``). Each scored window is printed as a table read from the first
-validator's database, and with several validators a line per validator: its last scored
+(``testing.adversaries``, run as ``python -m testing.run --mode NAME -- miner run ...``: the
+real miner command with the adversary as its miner factory; the ``gauntlet`` script loads
+the test harness only here, inside this command). Each scored window is printed as a table
+read from the first validator's database, and with several validators a line per validator: its last scored
 window, whether its model hash matches, whom it follows, and how its weights agree with
 the others'. At the end come the leaderboard, the on-chain incentives after an epoch and
 the dashboard URL. Ctrl-C, SIGTERM or any error stops every child's process group
@@ -83,12 +85,12 @@ class Peer:
 def plan_peers(honest: int, adversaries: str, honest_steps: Sequence[int] = ()) -> list[Peer]:
     """Honest miners with 2, 4, 8, ... inner steps (or exactly ``honest_steps``), then one process per adversary mode.
 
-    The modes are whatever ``miner.modes`` has registered (entry points), so a new mode
+    The modes are whatever ``testing.modes`` has registered (entry points), so a new mode
     joins ``--adversaries all`` without an edit here.
     """
-    from miner.modes import adversary_names, resolve
+    from testing.modes import names, resolve
 
-    valid = adversary_names()
+    valid = names()
     steps = list(honest_steps) or [2 << i for i in range(honest)]
     if any(s < 1 for s in steps) or len(set(steps)) != len(steps):
         raise typer.BadParameter(f"honest inner steps must be distinct and >= 1, got {steps}")
@@ -252,10 +254,15 @@ class LocalNet:
                       restart=True)
         sup.start("api", [*gauntlet, "api", "--port", str(self.api_port)], venv)
         for p in peers:
-            argv = [*gauntlet, "miner", "run", "--wallet-name", "miners", "--hotkey", p.name, "--mode", p.mode, "--inner-steps", str(p.steps)]
-            for target in p.targets:
-                argv += ["--target", self.hotkeys[target]]
-            sup.start(p.name, argv, self.env(f"file://{self.run_dir / 'store' / p.name}"))
+            miner = ["miner", "run", "--wallet-name", "miners", "--hotkey", p.name, "--inner-steps", str(p.steps)]
+            sup.start(p.name, [*self.peer_launcher(p), *miner], self.env(f"file://{self.run_dir / 'store' / p.name}"))
+
+    def peer_launcher(self, peer: Peer) -> list[str]:
+        """``python -m gauntlet`` for an honest miner; the test harness with the mode's hooks for an adversary."""
+        if peer.kind == "honest":
+            return [sys.executable, "-m", "gauntlet"]
+        targets = [a for t in peer.targets for a in ("--target", self.hotkeys[t])]
+        return [sys.executable, "-m", "testing.run", "--mode", peer.mode, *targets, "--"]
 
     # ---------------------------------------------------------------- run
 

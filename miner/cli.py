@@ -2,21 +2,36 @@
 
 Heavy imports (torch, the SDK) happen inside the command so ``gauntlet --help`` stays instant.
 Start-up failures (wallet, chain, storage, registration) print one clear line and exit 2.
+
+The command builds the honest :class:`miner.loop.Miner`. Its one extension point is the
+miner factory: a harness that calls the command line in its own process may pass another
+:data:`MinerFactory` as the Click context object (``app(args, obj=factory)``); the test
+harness does so to run its adversaries (``testing.run --mode``) through this same code path,
+while nothing here knows of, or imports, any mode other than the honest one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from miner.loop import Miner
+
+#: What builds the miner: ``Miner`` itself, or anything with its constructor's signature
+#: (``hp, chain, keypair, options, *, pages, storage, metrics, dist``) returning a ``Miner``.
+MinerFactory = Callable[..., "Miner"]
 
 app = typer.Typer(help="Train and upload SparseLoCo deltas.", no_args_is_help=True)
 
 
 @app.command("run")
 def run(
+    ctx: typer.Context,
     config: Path | None = typer.Option(None, "--config", help="Settings TOML file."),
     hparams: Path | None = typer.Option(None, "--hparams", help="Hyper-parameter JSON (default: packaged)."),
     wallet_name: str | None = typer.Option(None, "--wallet-name"),
@@ -32,9 +47,6 @@ def run(
     windows: int | None = typer.Option(None, "--windows", help="Stop after N windows (default: forever)."),
     metrics_port: int | None = typer.Option(None, "--metrics-port"),
     state_dir: Path | None = typer.Option(None, "--state-dir", help="Default: <home>/miner/<hotkey>."),
-    mode: str = typer.Option("honest", "--mode", help="honest, or a registered mode (miner.modes)."),
-    target: list[str] | None = typer.Option(
-        None, "--target", help="Victim hotkey(s) of copying modes; repeat or comma-separate (copiers use the first)."),
     inner_steps: int | None = typer.Option(None, "--inner-steps", help="This miner's effort (default: hparams)."),
 ) -> None:
     """Train every window and upload a signed, compressed pseudo-gradient before its deadline."""
@@ -46,9 +58,9 @@ def run(
     request = MinerRequest(config=config, hparams=hparams, wallet_name=wallet_name, hotkey=hotkey,
                            wallet_path=wallet_path, chain=chain, storage=storage, netuid=netuid, register=register,
                            device=device, windows=windows, metrics_port=metrics_port, state_dir=state_dir,
-                           mode=mode, targets=split_targets(target), inner_steps=inner_steps)
+                           inner_steps=inner_steps)
     try:
-        miner, info = _build(request)
+        miner, info = _build(request, _factory(ctx))
     except MinerSetupError as exc:
         typer.echo(f"gauntlet miner: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -60,9 +72,11 @@ def run(
         mdist.shutdown(info)
 
 
-def split_targets(values: list[str] | None) -> list[str]:
-    """``--target A --target B,C`` -> ``[A, B, C]``: both spellings, order kept, blanks dropped."""
-    return [t.strip() for v in values or () for t in v.split(",") if t.strip()]
+def _factory(ctx: typer.Context) -> MinerFactory | None:
+    """The miner factory the caller passed as the context object (see the module doc); None: the honest one."""
+    if ctx.obj is not None and not callable(ctx.obj):
+        raise TypeError(f"gauntlet miner run: the context object must be a miner factory, got {ctx.obj!r}")
+    return ctx.obj
 
 
 @dataclass(frozen=True)
@@ -82,8 +96,6 @@ class MinerRequest:
     windows: int | None = None
     metrics_port: int | None = None
     state_dir: Path | None = None
-    mode: str = "honest"
-    targets: list[str] = field(default_factory=list)
     inner_steps: int | None = None
 
 
@@ -91,7 +103,6 @@ def _configure(req: MinerRequest) -> tuple[Any, Any]:
     """Settings and hyper-parameters for ``req``; any problem is a :class:`MinerSetupError`."""
     import logging
 
-    from miner.modes import resolve
     from miner.setup import MinerSetupError
     from protocol.hparams import HParamsError, load_hparams
     from protocol.settings import SettingsError, load_settings
@@ -101,7 +112,6 @@ def _configure(req: MinerRequest) -> tuple[Any, Any]:
                                  wallet_hotkey=req.hotkey, wallet_path=req.wallet_path, chain=req.chain,
                                  storage=req.storage, netuid=req.netuid, metrics_port=req.metrics_port)
         hp = load_hparams(settings.hparams)
-        resolve(req.mode)
         if req.inner_steps is not None:
             hp = hp.override(**{"inner.steps": req.inner_steps})
     except (SettingsError, HParamsError, ValueError) as exc:
@@ -115,12 +125,13 @@ def _configure(req: MinerRequest) -> tuple[Any, Any]:
     return settings, hp
 
 
-def _build(req: MinerRequest) -> tuple[Any, Any]:
-    """The miner and its distributed info: configure, connect, register (main rank only), assemble."""
+def _build(req: MinerRequest, factory: MinerFactory | None = None) -> tuple[Any, Any]:
+    """The miner and its distributed info: configure, connect, register (main rank only), assemble.
+
+    ``factory`` builds the miner (default: the honest :class:`miner.loop.Miner`)."""
     from miner import distributed as mdist
-    from miner.loop import MinerOptions
+    from miner.loop import Miner, MinerOptions
     from miner.metrics import MinerMetrics
-    from miner.modes import build_miner
     from miner.setup import (
         MinerSetupError,
         connect_chain,
@@ -149,9 +160,9 @@ def _build(req: MinerRequest) -> tuple[Any, Any]:
         netuid=settings.netuid, storage_url=settings.storage_url, device=req.device, max_windows=req.windows,
         state_dir=req.state_dir or settings.home / "miner" / keypair.ss58_address,
     )
-    try:
-        miner = build_miner(req.mode, hp, chain_, keypair, options, pages=default_store(settings.home, hp.data),
-                            storage=storage_, metrics=metrics, dist=info, targets=req.targets)
+    try:  # a factory refuses what it cannot build with ValueError (e.g. a missing target)
+        miner = (factory or Miner)(hp, chain_, keypair, options, pages=default_store(settings.home, hp.data),
+                                   storage=storage_, metrics=metrics, dist=info)
     except ValueError as exc:
         raise MinerSetupError(str(exc)) from None
     return miner, info

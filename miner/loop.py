@@ -1,8 +1,9 @@
 """The miner's window loop: sync θ_W, train H steps on the assigned pages, send compressed Δ.
 
-``Miner.run`` is a short loop of named steps; every step is a method so that adversarial
-miner modes (free-rider, copycat, replay, stale, late, poisoner, wrong pages, NaN,
-malformed, forged signature, sybil) can subclass and override exactly one of them:
+``Miner.run`` is a short loop of named steps; every step is a method so that the
+adversarial miners of the test harness (``testing.adversaries``: free-rider, copycat,
+replay, stale, late, poisoner, wrong pages, NaN, malformed, forged signature, sybil) can
+subclass and override exactly one of them:
 
     wait_for_window → await_global_model → window_tokens → train_delta → encode_delta
     → sign → persist_pending → upload → commit_uploaded
@@ -18,9 +19,7 @@ buffer if the window is over.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from miner.compress import Compressor
 from miner.metrics import MinerMetrics, ProgressLine
 from miner.state import MinerState, Progress
 from miner.train import inner_train, iter_batches, load_state, make_optimizer, pseudo_gradient, rank_slice
+from protocol import faults
 from protocol.follow import Follower, store_opener
 from protocol.global_model import GlobalModel, OutOfSync
 from protocol.hparams import HParams
@@ -131,12 +131,12 @@ class Miner:
         payload = self.sign(window, encoded)
         encode_s = time.perf_counter() - t_enc
         self.persist_pending(window, payload)
-        crash_point("after_persist")
+        faults.point("after_persist")  # restart tests kill the process here (testing.faults)
         if not self.upload(window, payload):
             self.compressor.restore(encoded)
             self.persist_rollback(window)
             return
-        crash_point("after_upload")
+        faults.point("after_upload")
         self.commit_uploaded(window)
         self._train_estimate_s = time.perf_counter() - t0
         self.metrics.windows_trained.inc()
@@ -335,8 +335,3 @@ class Miner:
         self.line.update(f"window {window} step {step}/{self.hp.inner.steps} loss {loss:.4f} "
                          f"{tokens_per_s:,.0f} tok/s")
 
-
-def crash_point(name: str, _env: Callable[[str], str | None] = os.environ.get) -> None:
-    """Fault injection for the restart tests: ``GAUNTLET_MINER_CRASH_AT=<name>`` dies like ``kill -9``."""
-    if _env("GAUNTLET_MINER_CRASH_AT") == name:
-        os._exit(137)

@@ -1,11 +1,12 @@
-"""Adversarial miner modes: cheaters the validator must never pay (``gauntlet miner run --mode NAME``).
+"""Adversarial miner modes: cheaters the validator must never pay (``testing.run --mode NAME -- miner run``).
 
 Each mode is a small subclass of :class:`miner.loop.Miner` overriding one named step of the
 window loop where it can (two where the cheat needs it, e.g. a copier skips training *and*
 swaps the encoding). They exist so the local network and the end-to-end tests exercise
 the validator with real, hostile processes rather than hand-made payloads only. They live
-outside the production packages and reach the miner only through the
-``gauntlet.miner_modes`` entry points declared in ``pyproject.toml`` (see ``miner.modes``).
+outside the production packages: ``testing.modes`` finds them through the
+``gauntlet.miner_modes`` entry points declared in ``pyproject.toml``, and ``testing.run``
+hands one to the real ``gauntlet miner run`` as its miner factory.
 
 Modes and the step they override:
 
@@ -78,7 +79,7 @@ class Copycat(Miner):
     """Waits for the target's upload for W, then re-signs its encoding raw under its own hotkey."""
 
     needs_targets = 1
-    targets: list[str] = []  # set by miner.modes.build_miner from --target
+    targets: list[str] = []  # set by testing.modes.build_miner from --target
     noise: float = 0.0  # relative noise added to the decoded values (copycat-noise)
 
     @property

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from miner.modes import adversary_names
+from testing.modes import names as adversary_names
 from validator.db.models import Evaluation, WeightSet, Window
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

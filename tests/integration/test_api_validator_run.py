@@ -1,6 +1,6 @@
 """The score API over a database written by a real validator run (not a fixture).
 
-A local network (``validator.simulate``) with 9 miners uploads window 0: 3 honest
+A local network (``testing.validator_sim``) with 9 miners uploads window 0: 3 honest
 training deltas, then garbage, a re-signed copy, a late upload, a huge norm, a wrong base
 model and a missing one (the scenario of ``test_validator_window.py``). The validator's
 own loop (``service.run_pass``) scores the window into SQLite; the API must then explain

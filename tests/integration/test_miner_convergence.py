@@ -1,6 +1,6 @@
 """Three tiny-model miners + the outer step: held-out loss falls every window and beats a bound.
 
-In-process (``miner.simulate``): real inner training on each miner's assigned pages, real
+In-process (``testing.miner_sim``): real inner training on each miner's assigned pages, real
 error feedback and SparseLoCo codec, mean of the decoded deltas applied with the validator's
 exact sparse update. Seeded, so the numbers are reproducible.
 """
@@ -11,9 +11,9 @@ import itertools
 
 import pytest
 
-from miner.simulate import SimConfig, simulate
 from protocol.hparams import load_hparams
 from protocol.pages import default_store
+from testing.miner_sim import SimConfig, simulate
 
 pytestmark = pytest.mark.slow
 

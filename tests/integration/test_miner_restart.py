@@ -2,8 +2,8 @@
 
 A real ``gauntlet miner run`` subprocess against a local SQLite chain (0.5 s blocks) and a
 shared local store, with a fake validator publishing (empty) signed aggregates so the global
-model advances. Run 1 dies between the upload and the progress commit (fault injection, the
-worst moment); run 2 is SIGKILLed while training; run 3 finishes a window. Afterwards every
+model advances. Run 1 dies between the upload and the progress commit (fault point
+``after_upload`` armed by ``python -m testing.run --crash-at``, the worst moment); run 2 is SIGKILLed while training; run 3 finishes a window. Afterwards every
 delta was put exactly once (object mtimes never change), ``progress.json`` and the tensor
 file it names are valid, and the EF buffer is non-zero and finite.
 """
@@ -46,15 +46,14 @@ def _hparams(path: Path) -> None:
 
 
 def _miner(tmp: Path, env: dict[str, str], windows: int, crash: str | None = None) -> subprocess.Popen:
-    e = dict(env)
-    if crash:
-        e["GAUNTLET_MINER_CRASH_AT"] = crash
-    cmd = [sys.executable, "-m", "gauntlet", "miner", "run", "--hparams", str(tmp / "hp.json"),
+    """``gauntlet miner run``; with ``crash``, the same command under the fault-injecting runner."""
+    launcher = ["-m", "testing.run", "--crash-at", crash, "--"] if crash else ["-m", "gauntlet"]
+    cmd = [sys.executable, *launcher, "miner", "run", "--hparams", str(tmp / "hp.json"),
            "--wallet-path", str(tmp / "wallets"), "--wallet-name", "m", "--hotkey", "h",
            "--chain", f"local:{tmp / 'chain.db'}", "--storage", f"file://{tmp / 'store'}",
            "--register", "--windows", str(windows), "--state-dir", str(tmp / "state")]
     log = open(tmp / "miner.log", "a")  # noqa: SIM115 - handed to the child
-    return subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _deltas(store: Path) -> dict[int, int]:
@@ -96,7 +95,7 @@ def test_kill_9_and_restart(tmp_path: Path) -> None:
 
     # Run 1: dies right after its first upload, before recording it.
     p = _miner(tmp_path, env, windows=5, crash="after_upload")
-    assert p.wait(timeout=300) == 137, (tmp_path / "miner.log").read_text()[-3000:]
+    assert p.wait(timeout=300) == -signal.SIGKILL, (tmp_path / "miner.log").read_text()[-3000:]
     first = _deltas(tmp_path / "store")
     assert len(first) == 1
     progress = json.loads((state_dir / "progress.json").read_text())

@@ -1,8 +1,8 @@
 """``kill -9`` of ``gauntlet validator run`` mid-window, then a restart: nothing lost, nothing twice.
 
 The first validator process is killed with SIGKILL right after it published the aggregate
-of its first window and before the window's database transaction (the crash point
-``GAUNTLET_VALIDATOR_CRASH_AT=after_publish``), the worst place: miners may already
+of its first window and before the window's database transaction (fault point
+``after_publish``, armed by ``python -m testing.run --crash-at after_publish``), the worst place: miners may already
 have the outer step while the database knows nothing of the window. The restarted
 process must re-use that aggregate byte for byte, score the window exactly once, carry on
 with the next windows, and never set weights twice for a window. The test's miners send
@@ -33,8 +33,8 @@ from protocol.hparams import HParams
 from protocol.pages import assigned_pages, default_store
 from protocol.storage import LocalStorage
 from protocol.windows import window_of
+from testing import validator_sim as simulate
 from tests.integration.test_db import pg_schema_url  # noqa: F401  (fixture)
-from validator import simulate
 from validator.db.models import Evaluation, Peer, WeightSet, Window
 
 pytestmark = pytest.mark.integration
@@ -58,8 +58,10 @@ def _env(tmp: Path, db_url: str, hparams: Path) -> dict[str, str]:
     return env
 
 
-def _validator(env: dict[str, str], windows: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gauntlet", "validator", "run", "--windows", str(windows),
+def _validator(env: dict[str, str], windows: int, crash_at: str | None = None) -> subprocess.Popen:
+    """``gauntlet validator run``; with ``crash_at``, the same command under the fault-injecting runner."""
+    launcher = ["-m", "testing.run", "--crash-at", crash_at, "--"] if crash_at else ["-m", "gauntlet"]
+    return subprocess.Popen([sys.executable, *launcher, "validator", "run", "--windows", str(windows),
                              "--allow-local-storage", "--poll-s", "0.2"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -99,7 +101,7 @@ def test_kill_9_mid_window_then_restart(tmp_path: Path, pg_schema_url: str) -> N
     uploader.start()
     env = _env(tmp_path, pg_schema_url, hparams)
     try:
-        first = _validator({**env, "GAUNTLET_VALIDATOR_CRASH_AT": "after_publish"}, 3)
+        first = _validator(env, 3, crash_at="after_publish")
         out1, _ = first.communicate(timeout=120)
         assert first.returncode == -signal.SIGKILL, out1[-3000:]
         vstore = LocalStorage(tmp_path / "vstore")

@@ -20,8 +20,9 @@ from protocol.global_model import GlobalModel, sync_global_model
 from protocol.hparams import HParams
 from protocol.settings import load_settings
 from protocol.storage import aggregate_key
+from testing import validator_sim as simulate
 from tests.integration.test_db import pg_schema_url  # noqa: F401  (fixture)
-from validator import service, simulate
+from validator import service
 from validator.app import RunOptions, build_context, build_worker
 from validator.db import repo
 from validator.db.models import Evaluation, WeightSet

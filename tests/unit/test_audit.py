@@ -25,7 +25,8 @@ from protocol.pages import assigned_pages
 from protocol.settings import load_settings
 from protocol.storage import delta_key
 from scoring.scale import step_factor
-from validator import service, simulate
+from testing import validator_sim as simulate
+from validator import service
 from validator.api.app import create_app
 from validator.api.schemas import Receipt
 from validator.app import RunOptions, build_context

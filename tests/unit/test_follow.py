@@ -35,7 +35,7 @@ from protocol.model import model_hash
 from protocol.storage import LocalStorage, aggregate_key, proposal_key
 from protocol.sync import AggregateMeta, apply_update, pack_aggregate, parse_aggregate, round_update
 from protocol.windows import window_bounds
-from validator.simulate import Clock, keypair
+from testing.validator_sim import Clock, keypair
 
 # ---------------------------------------------------------------------------- ranking
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +38,51 @@ def test_scoring_is_pure() -> None:
 
 
 PRODUCTION = ("protocol", "scoring", "chain", "miner", "validator", "gauntlet")
+
+#: The test harness (simulators, adversaries, fault hooks). The layers below never import it;
+#: the console script's package (gauntlet/) may only inside a command that runs test processes.
+HARNESS = "testing"
+NEVER_HARNESS = ("protocol", "miner", "validator", "scoring", "chain")
+
+
+def test_production_imports_nothing_from_testing() -> None:
+    """Lazy imports count: a production loop that can reach test code is not the code that was tested."""
+    for package in NEVER_HARNESS:
+        for path, names in _imports(package).items():
+            assert HARNESS not in names, f"{path} imports {HARNESS}"
+
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Top-level packages imported when the module loads (function bodies excluded: they import on call)."""
+    names: set[str] = set()
+    pending: list[ast.AST] = [ast.parse(path.read_text())]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+        pending.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def test_console_script_loads_no_testing_code() -> None:
+    """``gauntlet`` (miner, validator, API, ...) never loads the harness; only ``gauntlet localnet`` does, on call."""
+    for path in sorted((ROOT / "gauntlet").rglob("*.py")):
+        assert HARNESS not in _module_level_imports(path), f"{path.relative_to(ROOT)} imports {HARNESS} at load"
+    lazy = sorted(path for path, names in _imports("gauntlet").items() if HARNESS in names)
+    assert lazy == ["gauntlet/localnet.py"], lazy
+    script = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["gauntlet"]
+    module, _, attr = script.partition(":")
+    code = (f"import sys; from {module} import {attr} as app\n"
+            "for cmd in (['miner', 'run'], ['validator', 'run'], ['localnet']):\n"
+            "    app([*cmd, '--help'], prog_name='gauntlet', standalone_mode=False)\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] == {HARNESS!r}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-2000:]
 
 
 def _module_graph() -> dict[str, set[str]]:

@@ -1,14 +1,15 @@
-"""The miner-mode registry (``miner.modes``) and the adversaries it finds in ``testing.adversaries``.
+"""The adversary-mode registry (``testing.modes``), its runner, and the adversaries in ``testing.adversaries``.
 
-Modes reach the miner only through entry points, so these tests pin that every declared mode
-resolves, that a mode can be added without editing the miner, and that production code never
-imports the test harness. The new adversaries' core choices (chunk dealing, scaling, pages)
-are checked as pure functions with the real codec and page assignment.
+Modes are found through entry points and reach the real miner command only as its miner
+factory (``testing.run --mode``), so these tests pin that every declared mode resolves, that
+a mode can be added without editing the miner, and that the runner's factory is the one the
+command builds with. (That production code never imports the harness is in
+``test_layering.py``.) The adversaries' core choices (chunk dealing, scaling, pages) are
+checked as pure functions with the real codec and page assignment.
 """
 
 from __future__ import annotations
 
-import ast
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,16 +19,15 @@ import pytest
 import torch
 import typer
 
-from miner import modes
 from miner.compress import Compressor
 from miner.loop import Miner
 from protocol import codec
 from protocol.hparams import HParams
 from protocol.pages import assigned_pages, training_count
+from testing import modes
 from testing.adversaries import MultiCopy, PartialPages, Scaled, deal_chunks, partial_pages
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCTION = ("protocol", "miner", "validator", "scoring", "chain", "gauntlet")
 
 
 def _declared() -> dict[str, str]:
@@ -47,10 +47,8 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_declared_mode_resolves_through_entry_points() -> None:
     declared = _declared()
     assert {"copycat", "multi-copy", "partial-pages", "scaled-0.3", "scaled-10", "nan"} <= set(declared)
-    assert set(modes.names()) >= {"honest", *declared}
-    assert set(modes.adversary_names()) >= set(declared)
-    assert "honest" not in modes.adversary_names()
-    assert modes.resolve("honest") is Miner
+    assert set(modes.names()) >= set(declared)
+    assert "honest" not in modes.names()  # the honest miner is the production command's, not a mode
     for name, value in declared.items():
         cls = modes.resolve(name)
         assert issubclass(cls, Miner), name
@@ -61,7 +59,7 @@ def test_target_needs_are_class_attributes() -> None:
     need = {n: getattr(modes.resolve(n), "needs_targets", 0) for n in modes.names()}
     assert need["multi-copy"] == 2
     assert need["copycat"] == need["copycat-noise"] == need["sybil"] == 1
-    assert need["replay"] == need["honest"] == need["poisoner"] == 0
+    assert need["replay"] == need["poisoner"] == 0
 
 
 def test_a_registered_mode_is_listed_and_built(registry: None) -> None:
@@ -76,41 +74,78 @@ def test_a_registered_mode_is_listed_and_built(registry: None) -> None:
             self.configured = list(targets)
 
     modes.register("test-probe", Probe)
-    assert "test-probe" in modes.names() and "test-probe" in modes.adversary_names()
+    assert "test-probe" in modes.names()
     assert modes.resolve("test-probe") is Probe
     with pytest.raises(ValueError, match="needs 2 --target"):
         modes.build_miner("test-probe", 1, targets=["a"])
     built: Any = modes.build_miner("test-probe", 1, x=2, targets=["a", "", "b"])
     assert (built.args, built.kwargs, built.targets, built.configured) == ((1,), {"x": 2}, ["a", "b"], ["a", "b"])
-    with pytest.raises(ValueError):
-        modes.register("honest", Probe)
+    with pytest.raises(ValueError, match="needs 2 --target"):
+        modes.factory("test-probe", ["a"])  # refused before the command connects to anything
+    made: Any = modes.factory("test-probe", ["a", "b"])(1)
+    assert (made.args, made.targets) == ((1,), ["a", "b"])
 
 
 def test_unknown_mode_names_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="unknown miner mode 'no-such-mode'") as info:
         modes.resolve("no-such-mode")
-    for name in ("honest", "copycat", "multi-copy", "scaled-3"):
+    for name in ("copycat", "multi-copy", "scaled-3"):
         assert name in str(info.value)
 
 
-def test_production_never_imports_testing() -> None:
-    for package in PRODUCTION:
-        for path in (ROOT / package).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.Import):
-                    tops = {alias.name.split(".")[0] for alias in node.names}
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    tops = {node.module.split(".")[0]}
-                else:
-                    continue
-                assert "testing" not in tops, f"{path.relative_to(ROOT)}:{node.lineno} imports testing"
-
-
 def test_target_option_takes_repeats_and_commas() -> None:
-    from miner.cli import split_targets
+    assert modes.split_targets(None) == []
+    assert modes.split_targets(["a", "b, c", " ,d"]) == ["a", "b", "c", "d"]
 
-    assert split_targets(None) == []
-    assert split_targets(["a", "b, c", " ,d"]) == ["a", "b", "c", "d"]
+
+# ----------------------------------------------------------------------------- the runner
+
+
+class _Built(Exception):
+    """Raised by the stand-in ``_build``: the command got as far as building its miner."""
+
+
+def _run_capturing_factory(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Any:
+    """``testing.run.main(argv)`` up to the miner command's build step; returns the factory it was given."""
+    from miner import cli as miner_cli
+    from testing import run
+
+    seen: list[Any] = []
+
+    def build(req: Any, factory: Any = None) -> Any:
+        seen.append(factory)
+        raise _Built
+
+    monkeypatch.setattr(miner_cli, "_build", build)
+    with pytest.raises(_Built):
+        run.main(argv)
+    return seen[0]
+
+
+def test_runner_hands_the_adversary_factory_to_the_real_miner_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    factory = _run_capturing_factory(monkeypatch, ["--mode", "copycat", "--target", "5Victim", "--",
+                                                   "miner", "run", "--hotkey", "h"])
+    assert factory.func is modes.build_miner and factory.args == ("copycat",)
+    assert factory.keywords == {"targets": ["5Victim"]}
+    assert _run_capturing_factory(monkeypatch, ["--", "miner", "run"]) is None  # no --mode: the honest miner
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mode", "copycat", "--", "miner", "run"], "needs 1 --target"),
+    (["--mode", "no-such-mode", "--", "miner", "run"], "unknown miner mode"),
+    (["--mode", "poisoner", "--", "validator", "run"], "miner run"),
+    (["--target", "x", "--", "miner", "run"], "--target needs --mode"),
+    (["--crash-at", "nowhere", "--", "miner", "run"], "invalid choice"),
+    (["miner", "run"], "separate the hooks"),
+])
+def test_runner_refuses_bad_hooks_before_starting(argv: list[str], message: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from testing import run
+
+    with pytest.raises(SystemExit) as info:
+        run.main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_localnet_plans_every_mode_with_its_victims() -> None:
@@ -124,7 +159,7 @@ def test_localnet_plans_every_mode_with_its_victims() -> None:
     assert peers["scaled-3"].steps == peers["partial-pages"].steps == 2 and peers["wrong-pages"].steps == 1
     assert peers["sybil-b"].targets == ("sybil-a",)
     assert peers["scaled-3"].targets == ()
-    assert {p.mode for p in peers.values() if p.kind == "adversary"} == set(modes.adversary_names())
+    assert {p.mode for p in peers.values() if p.kind == "adversary"} == set(modes.names())
     with pytest.raises(typer.BadParameter, match="--honest 2"):
         plan_peers(1, "multi-copy")
     with pytest.raises(typer.BadParameter, match=r"valid: .*partial-pages"):
@@ -136,6 +171,22 @@ def test_localnet_plans_every_mode_with_its_victims() -> None:
     assert next(p for p in ladder if p.mode == "multi-copy").targets == ("honest-32", "honest-16")
     with pytest.raises(typer.BadParameter, match="distinct"):
         plan_peers(0, "none", [2, 2])
+
+
+def test_localnet_starts_adversaries_through_the_harness(tmp_path: Path) -> None:
+    """Honest miners run the console script; adversaries the same command under ``testing.run --mode``."""
+    import sys
+
+    from gauntlet.localnet import LocalNet, plan_peers
+
+    net = LocalNet(tmp_path, block_time=0.5, blocks_per_window=60, grace_s=2.0, api_port=0, seed=0)
+    peers = {p.name: p for p in plan_peers(2, "multi-copy,nan")}
+    net.hotkeys = {name: f"5{name}" for name in peers}
+    assert net.peer_launcher(peers["honest-4"]) == [sys.executable, "-m", "gauntlet"]
+    assert net.peer_launcher(peers["multi-copy"]) == [
+        sys.executable, "-m", "testing.run", "--mode", "multi-copy", "--target", "5honest-4", "--target", "5honest-2",
+        "--"]
+    assert net.peer_launcher(peers["nan"])[-3:] == ["--mode", "nan", "--"]
 
 
 # ----------------------------------------------------------------------------- multi-copy
@@ -260,3 +311,4 @@ def test_partial_pages_trains_on_half_of_its_own_pages(count: int) -> None:
     miner.hotkey = hotkey
     miner.pages = SimpleNamespace(num_pages=num_pages, pages=lambda pages: torch.tensor(pages))
     assert miner.window_tokens(9).tolist() == ids
+

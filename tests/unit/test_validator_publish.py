@@ -19,8 +19,8 @@ from protocol.storage import LocalStorage, proposal_key
 from protocol.sync import SparseUpdate, apply_update
 from scoring.aggregate import aggregate
 from scoring.scale import normalising_factor
+from testing.validator_sim import keypair
 from validator.publish import outer_step, publish_proposal, robust_aggregate
-from validator.simulate import keypair
 from validator.stage1 import Candidate, Decoded, Stage1Result, decode_upload
 
 HP = HParams()

@@ -13,7 +13,8 @@ import pytest
 from protocol.global_model import GlobalModel, sync_global_model
 from protocol.hparams import HParams
 from protocol.settings import load_settings
-from validator import metrics, service, simulate
+from testing import validator_sim as simulate
+from validator import metrics, service
 from validator.app import RunOptions, build_context
 from validator.db import repo, weight_repo
 

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from protocol.hparams import HParams
 from protocol.settings import Settings, load_settings
-from validator import metrics, simulate
+from testing import validator_sim as simulate
+from validator import metrics
 from validator.app import RunOptions, build_context
 from validator.cli import validator_app
 from validator.db.session import SchemaNotCurrent, current_revision, head_revision

@@ -1,5 +1,7 @@
 """In-process simulation of several miners and the outer step, for tests and benchmarks.
 
+Test scaffolding (formerly ``miner.simulate``), kept out of the production packages.
+
 No chain, storage or signatures: M miners train from the same global weights on their
 assigned pages (``miner.train``), send Δ through the real codec with error feedback
 (``miner.compress``), and the outer step combines what was decoded with a rule of

@@ -6,8 +6,8 @@ protocol codec and signs it with the wire format, exactly what a miner uploads. 
 deltas are made by hand (garbage, someone else's signed upload, a rescaled copy, a huge
 norm, a wrong base model, a late upload, a replay of an older window).
 
-Nothing here is used by ``gauntlet validator run``; it exists so tests and
-``benchmarks/validator.py`` build the same scenarios.
+Test scaffolding (formerly ``validator.simulate``), kept out of the production packages:
+it exists so tests and ``benchmarks/validator.py`` build the same scenarios.
 """
 
 from __future__ import annotations
