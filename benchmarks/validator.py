@@ -143,7 +143,7 @@ def bench_workers(n: int, pages, workers: int) -> float:
             time.sleep(0.05)
         t0 = time.perf_counter()
         for job in plan.jobs:
-            queue.submit(0, job.hotkey, plan.remote[job.hotkey])
+            queue.submit(0, job.hotkey, plan.remote[job.hotkey].to_json())
         while len(queue.results(0)) < len(plan.jobs):
             time.sleep(0.01)
         wall = time.perf_counter() - t0

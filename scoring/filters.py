@@ -63,6 +63,13 @@ class Rejection(StrEnum):
     BANNED = "banned"
     FOREIGN = "foreign"
     WRONG_WINDOW = "wrong_window"
+    # Collection failures (``validator.collect``): the upload could not be read.
+    TIMEOUT = "timeout"  # the store did not answer within the per-peer time
+    BAD_STORAGE_URL = "bad_storage_url"  # the committed URL is refused (private address, bad scheme, ...)
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    TOO_LARGE = "too_large"  # over ``max_upload_bytes``
+    #: The validator's own Stage-2 evaluation of an accepted upload failed: not the miner's fault.
+    EVALUATION_FAILED = "evaluation_failed"
 
 
 def check_timing(

@@ -30,7 +30,7 @@ from validator.db.session import make_engine, migrate, require_head, session_fac
 from validator.evaluate import Compute
 from validator.stage1 import SketchHistory
 from validator.stage2 import Stage2Runner
-from validator.window import ValidatorContext
+from validator.window import Carry, ValidatorContext
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def build_context(settings: Settings, hp: HParams | None = None, *, options: Run
                             num_pages=pages.num_pages, compute=compute_of(settings)),
         allow_local_storage=options.allow_local_storage, per_peer_timeout_s=options.per_peer_timeout_s,
         is_leader=leader_check(lease, f"{keypair.ss58_address}:{os.getpid()}"),
-        history=SketchHistory(hp.scoring.copy_history_windows),
+        carry=Carry(history=SketchHistory(hp.scoring.copy_history_windows)),
     )
 
 

@@ -77,7 +77,7 @@ from validator.window import window_times
 log = logging.getLogger(__name__)
 
 #: Reasons of peers whose upload passed parsing and decoding (their norm entered the window's median).
-PARSED_REASONS = frozenset({Rejection.NORM_TOO_LARGE.value, Rejection.NORM_TOO_SMALL.value, *COPY_REASONS})
+PARSED_REASONS = frozenset({Rejection.NORM_TOO_LARGE, Rejection.NORM_TOO_SMALL, *COPY_REASONS})
 _SOURCE_WINDOW = re.compile(r"@(\d+)")
 #: Accepted peers the validator's Stage-2 time budget left out (``validator.stage2``): which ones
 #: depends on its wall clock, so the audit takes them as published and evaluates the others.
@@ -164,7 +164,7 @@ def previous_state(history: list[Receipt], window: int, hp: HParams) -> PeerStat
     for r in rows:
         if r.status == "accepted" or r.reject_reason in COPY_REASONS:
             break
-        if r.reject_reason != Rejection.BANNED.value and r.status != UNEVALUATED:  # these leave the count alone
+        if r.reject_reason != Rejection.BANNED and r.status != UNEVALUATED:  # these leave the count alone
             inactive += 1
     copies = [r.window for r in rows if r.reject_reason in COPY_REASONS]
     banned_until = max(copies) + hp.scoring.copy_ban_windows if copies else None
@@ -212,7 +212,7 @@ def collect(inputs: AuditInputs, window: int, targets: list[str], receipts: Mapp
                                per_peer_timeout_s=inputs.per_peer_timeout_s, stores=stores)
     for hk in targets:
         r, got = receipts[hk], collected[hk]
-        if r.upload_bytes is not None and got.reason == Rejection.MISSING.value:
+        if r.upload_bytes is not None and got.reason == Rejection.MISSING:
             raise AuditError(f"the upload of {hk} for window {window} is gone from its store {urls.get(hk)} "
                              f"({got.detail or 'not found'})")
     return collected
@@ -259,11 +259,11 @@ def stage1(inputs: AuditInputs, window: int, *, targets: list[str], receipts: Ma
                    if earlier else "copy detection within the window needs every upload: use --all")
             skips[hk] += [("status", why), ("reject_reason", why), ("copy_of_hotkey", why), ("reject_detail", why)]
         cand = s1.accepted.pop(hk)  # taken as published, so the rest of the window is planned as it was
-        s1.rejected[hk] = Rejected(hk, cand.uid, str(r.reject_reason), r.reject_detail or "", r.copy_of_hotkey,
+        s1.rejected[hk] = Rejected(hk, cand.uid, Rejection(r.reject_reason), r.reject_detail or "", r.copy_of_hotkey,
                                    cand.uploaded_at, cand.payload_hash, cand.size, cand.decoded.norm)
     for hk in targets:
         r, got = receipts[hk], collected[hk]
-        if r.reject_reason == Rejection.MISSING.value and got.reason in (Rejection.LATE.value, Rejection.EARLY.value):
+        if r.reject_reason == Rejection.MISSING and got.reason in (Rejection.LATE, Rejection.EARLY):
             why = "the store now holds an upload stamped outside the window; it was not there when the validator read"
             skips[hk] += [("status", why), ("reject_reason", why), ("reject_detail", why), ("uploaded_at", why),
                           ("upload_bytes", why)]

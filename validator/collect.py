@@ -45,11 +45,11 @@ from scoring.filters import Rejection, check_timing
 
 log = logging.getLogger(__name__)
 
-#: Reason codes of a failed collection that are not Stage-1 ``Rejection`` members.
-TIMEOUT = "timeout"
-BAD_URL = "bad_storage_url"
-UNAVAILABLE = "storage_unavailable"
-TOO_LARGE = "too_large"
+#: Reason codes of a failed collection (``scoring.filters.Rejection`` members).
+TIMEOUT = Rejection.TIMEOUT
+BAD_URL = Rejection.BAD_STORAGE_URL
+UNAVAILABLE = Rejection.STORAGE_UNAVAILABLE
+TOO_LARGE = Rejection.TOO_LARGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ class Collected:
     data: bytes | None = None
     uploaded_at: float | None = None
     size: int | None = None
-    reason: str | None = None  # None: collected and on time
+    reason: Rejection | None = None  # None: collected and on time
     detail: str = ""
     seconds: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
@@ -100,12 +100,12 @@ class StorageCache:
         return self._stores[url]
 
 
-def _failure(exc: BaseException) -> tuple[str, str]:
+def _failure(exc: BaseException) -> tuple[Rejection, str]:
     """(reason, fixed receipt detail) of a failed read; see the module docstring."""
     if isinstance(exc, StorageRefused):
         return BAD_URL, exc.category
     if isinstance(exc, ObjectNotFound):
-        return Rejection.MISSING.value, failure_category(exc)
+        return Rejection.MISSING, failure_category(exc)
     if isinstance(exc, ObjectTooLarge):
         return TOO_LARGE, failure_category(exc)
     return UNAVAILABLE, failure_category(exc)
@@ -122,7 +122,7 @@ def _read_one(
         timing = check_timing(info.uploaded_at, times.start, times.end, hp.windows.upload_grace_s)
         peer.uploaded_at, peer.size = info.uploaded_at, info.size
         if timing is not None:
-            peer.reason, peer.detail = timing.value, f"uploaded_at={info.uploaded_at:.3f}"
+            peer.reason, peer.detail = timing, f"uploaded_at={info.uploaded_at:.3f}"
             return peer
         peer.data = store.get(key, max_bytes=hp.max_upload_bytes)
         # The object may have been overwritten between stat and get: the later stamp counts.
@@ -131,7 +131,7 @@ def _read_one(
             peer.uploaded_at = again.uploaded_at
             late = check_timing(again.uploaded_at, times.start, times.end, hp.windows.upload_grace_s)
             if late is not None:
-                peer.data, peer.reason, peer.detail = None, late.value, "overwritten after the deadline"
+                peer.data, peer.reason, peer.detail = None, late, "overwritten after the deadline"
     except (StorageError, ValueError, OSError) as exc:
         peer.data = None
         peer.reason, peer.detail = _failure(exc)
@@ -166,7 +166,7 @@ def collect_window(
         peer = Collected(hotkey=hotkey, uid=uid, url=url)
         peers[hotkey] = peer
         if not url:
-            peer.reason, peer.detail = Rejection.MISSING.value, "no storage commitment"
+            peer.reason, peer.detail = Rejection.MISSING, "no storage commitment"
         else:
             todo.append(peer)  # the policy is applied in the reading thread: resolving a host takes time
     if not todo:

@@ -35,13 +35,13 @@ from validator.evaluate import EvalResult
 from validator.stage1 import Stage1Result
 
 #: An accepted peer whose evaluation failed on the validator's side (not the peer's fault).
-EVAL_FAILED = "evaluation_failed"
-COPY_REASONS = frozenset({Rejection.COPY.value, Rejection.REPLAY.value})
+EVAL_FAILED = Rejection.EVALUATION_FAILED
+COPY_REASONS = frozenset({Rejection.COPY, Rejection.REPLAY})
 #: Reasons judged like an absent upload. ``foreign`` and ``wrong_window`` are here because the
 #: bytes were not signed by this hotkey for this window: anyone with write access to the
 #: miner's store could have planted them over its real upload (``scoring.filters.Rejection``).
-MISSING_REASONS = frozenset({Rejection.MISSING.value, TIMEOUT, UNAVAILABLE, Rejection.FOREIGN.value,
-                             Rejection.WRONG_WINDOW.value})
+MISSING_REASONS = frozenset({Rejection.MISSING, TIMEOUT, UNAVAILABLE, Rejection.FOREIGN,
+                             Rejection.WRONG_WINDOW})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +75,13 @@ class WindowScores:
         return {hk: p.state for hk, p in self.peers.items()}
 
 
-def _verdict(window: int, reason: str) -> Verdict:
+def _verdict(window: int, reason: Rejection) -> Verdict:
     """The ``scoring.final.Verdict`` of a peer that was not evaluated."""
     if reason in MISSING_REASONS:
         return Verdict.missing(window)
-    if reason in (Rejection.LATE.value, Rejection.EARLY.value):
+    if reason in (Rejection.LATE, Rejection.EARLY):
         return Verdict.late(window)
-    if reason == Rejection.OUT_OF_SYNC.value:
+    if reason == Rejection.OUT_OF_SYNC:
         return Verdict.out_of_sync(window)
     if reason in COPY_REASONS:
         return Verdict.copy(window, reason)
@@ -153,9 +153,9 @@ def combine_window(
             verdict = Verdict.unevaluated(window)
             status = "unevaluated"
         else:
-            reason = rej.reason if rej is not None else (Rejection.NOT_FINITE.value if hk in broken else EVAL_FAILED)
+            reason = rej.reason if rej is not None else (Rejection.NOT_FINITE if hk in broken else EVAL_FAILED)
             verdict = _verdict(window, reason)
-            status = "missing" if reason == Rejection.MISSING.value else "rejected"
+            status = "missing" if reason == Rejection.MISSING else "rejected"
         out.peers[hk] = PeerOutcome(uid, status, fin.apply_penalties(p, verdict, sp), contributions.get(hk),
                                     None if ind is None else float(ind), sync)
     return out

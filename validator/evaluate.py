@@ -30,9 +30,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -133,6 +133,41 @@ class EvalResult:
         pages = tuple((float(b), float(a)) for b, a in data.get("page_losses", ()))  # type: ignore[attr-defined]
         reach = tuple((float(c), float(a)) for c, a in data.get("reach_losses", ()))  # type: ignore[attr-defined]
         return cls(**{**data, "page_losses": pages, "reach_losses": reach})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteJob:
+    """One Stage-2 evaluation as it travels to a worker (``validator.worker``) through the work queue.
+
+    Everything the numbers depend on, and where the upload is: the worker fetches the delta
+    itself and checks it is still the upload Stage 1 accepted (``payload_hash``).
+    """
+
+    window: int
+    hotkey: str
+    url: str
+    payload_hash: str
+    step: float
+    assigned_page_ids: tuple[int, ...]
+    random_page_ids: tuple[int, ...]
+    seed_hex: str
+    reach: tuple[float, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {"window": self.window, "hotkey": self.hotkey, "url": self.url, "payload_hash": self.payload_hash,
+                "step": self.step, "assigned_page_ids": list(self.assigned_page_ids),
+                "random_page_ids": list(self.random_page_ids), "seed_hex": self.seed_hex, "reach": list(self.reach)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RemoteJob:
+        """The inverse of :meth:`to_json`; a missing or mistyped field is a ``ValueError`` naming it."""
+        try:
+            return cls(int(data["window"]), str(data["hotkey"]), str(data["url"]), str(data["payload_hash"]),
+                       float(data["step"]), tuple(int(p) for p in data["assigned_page_ids"]),
+                       tuple(int(p) for p in data["random_page_ids"]), str(data["seed_hex"]),
+                       tuple(float(c) for c in data.get("reach", ())))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed Stage-2 job: {type(exc).__name__}: {exc}") from None
 
 
 def eval_subset(assigned: Sequence[int], count: int, *, seed: bytes, hotkey: str) -> tuple[int, ...]:

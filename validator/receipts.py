@@ -122,7 +122,7 @@ def build_receipts(
                 r.assigned_page_ids = list(job.assigned_page_ids)
                 r.details["eval_step"] = job.step
                 if setup is not None:
-                    r.details["setup"] = _setup(setup, job.step, plan.remote.get(hk, {}).get("url"),
+                    r.details["setup"] = _setup(setup, job.step, plan.remote[hk].url if hk in plan.remote else None,
                                                 results.get(hk))
         if hk in results:
             _measured(r, results[hk], out, job.assigned_page_ids if job is not None else None)

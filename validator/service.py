@@ -77,8 +77,8 @@ def bootstrap(ctx: ValidatorContext, current_window: int, *, started_at_window: 
                       f"({current_window - began}/{rank} windows)")
             return None
         start = current_window
-        ctx.model = ctx.follower.publish_genesis(start)
-        ctx.recent_hashes[ctx.model.hash] = start
+        ctx.carry.model = ctx.follower.publish_genesis(start)
+        ctx.carry.recent_hashes[ctx.carry.model.hash] = start
         log.info("fresh subnet: published the genesis checkpoint for window %d", start)
     with ctx.sessions() as s:
         repo.open_window(s, window=start)
@@ -151,10 +151,10 @@ def follow(ctx: ValidatorContext) -> None:
     status = ctx.follower.status
     metrics.observe_follow(status)
     seen = (status.state, status.window, status.model_hash, status.publisher, status.detail)
-    if seen != ctx.follow_recorded:  # the loop polls every few seconds: write only what changed
+    if seen != ctx.carry.follow_recorded:  # the loop polls every few seconds: write only what changed
         with ctx.sessions() as s:
             repo.record_follow_status(s, status)
-        ctx.follow_recorded = seen
+        ctx.carry.follow_recorded = seen
 
 
 def run(ctx: ValidatorContext, cfg: LoopConfig) -> int:

@@ -120,7 +120,7 @@ class Rejected:
 
     hotkey: str
     uid: int | None
-    reason: str
+    reason: Rejection
     detail: str = ""
     copy_of: str | None = None
     uploaded_at: float | None = None
@@ -226,31 +226,31 @@ def _parse_one(
 ) -> Candidate | Rejected:
     from protocol.wire import WireError, parse_delta
 
-    base = Rejected(peer.hotkey, peer.uid, "", uploaded_at=peer.uploaded_at, size=peer.size)
+    base = Rejected(peer.hotkey, peer.uid, Rejection.MALFORMED, uploaded_at=peer.uploaded_at, size=peer.size)
     assert peer.data is not None
     try:
         parsed = parse_delta(peer.data, expected_shapes=shapes, cfg=cfg, max_bytes=hp.max_upload_bytes)
     except WireError as exc:
-        base.reason = _wire_rejection(exc.reason).value
+        base.reason = _wire_rejection(exc.reason)
         base.detail = f"{exc.reason}: {exc.detail}"[:500]
         return base
     base.payload_hash = parsed.payload_hash
     problem = _check_meta(parsed.meta, window=window, hotkey=peer.hotkey, hp=hp)
     if problem is not None:
-        base.reason, base.detail = problem[0].value, problem[1]
+        base.reason, base.detail = problem[0], problem[1]
         return base
     behind = steps_behind(parsed.meta.base_model_hash, window=window, recent_hashes=recent_hashes)
     if behind is None or behind >= hp.scoring.sync_max_behind:
-        base.reason = Rejection.OUT_OF_SYNC.value
+        base.reason = Rejection.OUT_OF_SYNC
         base.detail = f"base {parsed.meta.base_model_hash[:16]} behind={behind}"
         return base
     try:
         decoded = decode_upload(parsed.encoded, shapes, cfg)
     except (ValueError, KeyError, RuntimeError) as exc:
-        base.reason, base.detail = Rejection.MALFORMED.value, f"decode: {exc}"[:500]
+        base.reason, base.detail = Rejection.MALFORMED, f"decode: {exc}"[:500]
         return base
     if not math.isfinite(decoded.norm):  # a NaN or an infinity anywhere makes the sum of squares non-finite
-        base.reason = Rejection.NOT_FINITE.value
+        base.reason = Rejection.NOT_FINITE
         return base
     return Candidate(peer.hotkey, peer.uid, float(peer.uploaded_at or 0.0), parsed.payload_hash,
                      int(parsed.size), behind, decoded)
@@ -295,16 +295,16 @@ def parse_uploads(
     banned = set(banned)
     for hotkey, peer in collected.items():
         if hotkey in banned:
-            result.rejected[hotkey] = Rejected(hotkey, peer.uid, Rejection.BANNED.value)
+            result.rejected[hotkey] = Rejected(hotkey, peer.uid, Rejection.BANNED)
         elif not peer.ok:
-            result.rejected[hotkey] = Rejected(hotkey, peer.uid, peer.reason or Rejection.MISSING.value,
+            result.rejected[hotkey] = Rejected(hotkey, peer.uid, peer.reason or Rejection.MISSING,
                                                peer.detail, uploaded_at=peer.uploaded_at, size=peer.size)
         else:
             try:
                 out = _parse_one(peer, window=window, hp=hp, shapes=shapes, cfg=cfg, recent_hashes=recent_hashes)
             except Exception as exc:  # per-peer isolation: one upload never aborts the window
                 log.exception("window %d: unexpected error parsing %s", window, hotkey)
-                out = Rejected(hotkey, peer.uid, Rejection.MALFORMED.value, f"internal: {exc!r}"[:500])
+                out = Rejected(hotkey, peer.uid, Rejection.MALFORMED, f"internal: {exc!r}"[:500])
             target = result.accepted if isinstance(out, Candidate) else result.rejected
             target[hotkey] = out  # type: ignore[assignment]
     return result
@@ -315,7 +315,7 @@ def filter_norms(result: Stage1Result, hp: HParams) -> None:
     norms = {hk: c.decoded.norm for hk, c in result.accepted.items()}
     for hotkey, reason in check_norm(norms, hp.scoring.max_norm_ratio).items():
         cand = result.accepted.pop(hotkey)
-        result.rejected[hotkey] = Rejected(hotkey, cand.uid, reason.value, f"norm={cand.decoded.norm:.6g}",
+        result.rejected[hotkey] = Rejected(hotkey, cand.uid, reason, f"norm={cand.decoded.norm:.6g}",
                                            uploaded_at=cand.uploaded_at, payload_hash=cand.payload_hash,
                                            size=cand.size, norm=cand.decoded.norm)
     # The median for clipping is over the peers that survived, like the aggregate's.
@@ -336,7 +336,7 @@ def _filter_copies(
         cand = result.accepted.pop(hotkey)
         reason = Rejection.REPLAY if finding.kind == "replay" else Rejection.COPY
         result.rejected[hotkey] = Rejected(
-            hotkey, cand.uid, reason.value, _copy_detail(finding),
+            hotkey, cand.uid, reason, _copy_detail(finding),
             copy_of=finding.of_hotkey, uploaded_at=cand.uploaded_at, payload_hash=cand.payload_hash,
             size=cand.size, norm=cand.decoded.norm)
     if history is not None:

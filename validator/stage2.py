@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from protocol.global_model import GlobalModel
 from protocol.hparams import HParams
@@ -36,7 +36,15 @@ from protocol.model import model_from_state
 from scoring.scale import step_factor
 from validator import metrics
 from validator.collect import Collected
-from validator.evaluate import Compute, EvalJob, EvalResult, PageSource, WindowEvaluator, eval_subset
+from validator.evaluate import (
+    Compute,
+    EvalJob,
+    EvalResult,
+    PageSource,
+    RemoteJob,
+    WindowEvaluator,
+    eval_subset,
+)
 from validator.stage1 import Stage1Result
 
 log = logging.getLogger(__name__)
@@ -48,7 +56,7 @@ class Stage2Plan:
     seed_hex: str
     random_page_ids: tuple[int, ...]
     jobs: list[EvalJob] = field(default_factory=list)  # in evaluation order
-    remote: dict[str, dict[str, Any]] = field(default_factory=dict)  # hotkey -> what a worker needs to fetch
+    remote: dict[str, RemoteJob] = field(default_factory=dict)  # hotkey -> the job as a worker gets it
     unevaluated: list[str] = field(default_factory=list)  # filled by Stage2Runner.run: jobs the budget left out
 
 
@@ -94,18 +102,20 @@ def plan_stage2(
         step = eta * step_factor(cand.decoded.norm, s1.median_norm, hp.scoring.eval_norm, hp.scoring.eval_clip_ratio)
         reach = tuple(hp.scoring.eval_reach)
         plan.jobs.append(EvalJob(hk, cand.decoded.load_update, step, pages, reach))  # decoded when evaluated
-        plan.remote[hk] = {"window": window, "hotkey": hk, "url": collected[hk].url,
-                           "payload_hash": cand.payload_hash, "step": step, "assigned_page_ids": list(pages),
-                           "reach": list(reach),
-                           "random_page_ids": list(plan.random_page_ids), "seed_hex": plan.seed_hex}
+        plan.remote[hk] = RemoteJob(window, hk, collected[hk].url, cand.payload_hash, step, tuple(pages),
+                                    plan.random_page_ids, plan.seed_hex, reach)
     return plan
 
 
 class RemoteDispatcher(Protocol):
     """Sends Stage-2 jobs to workers and collects their answers (``validator.worker.QueueDispatcher``)."""
 
-    def evaluate(self, window: int, jobs: Sequence[dict[str, Any]], timeout_s: float) -> dict[str, EvalResult]:
+    def evaluate(self, window: int, jobs: Sequence[RemoteJob], timeout_s: float) -> dict[str, EvalResult]:
         """Results that arrived in time, by hotkey; raises QueueUnavailable when Redis is down."""
+        ...
+
+    def forget(self, window: int) -> None:
+        """Drop the window's queued jobs and results; raises QueueUnavailable when Redis is down."""
         ...
 
 
@@ -153,10 +163,9 @@ class Stage2Runner:
         """Drop the window's queued results once they are in the database (best effort)."""
         from validator.queue import QueueUnavailable
 
-        queue = getattr(self.dispatcher, "queue", None)
-        if queue is not None:
+        if self.dispatcher is not None:
             with contextlib.suppress(QueueUnavailable):
-                queue.clear_window(window)
+                self.dispatcher.forget(window)
 
     def _remote(self, plan: Stage2Plan, deadline: float | None, clock: Callable[[], float]) -> dict[str, EvalResult]:
         from validator.queue import QueueUnavailable

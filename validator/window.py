@@ -51,8 +51,22 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Carry:
+    """What one window leaves for the next, in memory only (a restart rebuilds it from the stores)."""
+
+    model: GlobalModel | None = None  # theta at the last window followed
+    recent_hashes: dict[str, int] = field(default_factory=dict)  # model hash -> window of that theta
+    history: SketchHistory | None = None  # copy sketches of earlier windows' uploads
+    follow_recorded: tuple[object, ...] = ()  # the follow status last written to the database
+
+
+@dataclass(frozen=True)
 class ValidatorContext:
-    """Everything long-lived that scoring a window needs (built once by the service)."""
+    """The validator's dependencies: connections and configuration, built once by ``validator.app``.
+
+    Frozen: nothing here changes while the validator runs. What a window leaves for the next
+    (theta, recent model hashes, copy sketches) is the one mutable part, :class:`Carry`.
+    """
 
     hp: HParams
     chain: Chain
@@ -66,15 +80,12 @@ class ValidatorContext:
     allow_local_storage: bool = False  # miners' file:// / http / private stores (GAUNTLET_ALLOW_PRIVATE_MINER_STORAGE)
     per_peer_timeout_s: float = 30.0
     is_leader: Callable[[], bool] = lambda: True  # may this process set weights now?
-    model: GlobalModel | None = None
-    recent_hashes: dict[str, int] = field(default_factory=dict)  # model hash -> window of that theta
-    history: SketchHistory | None = None
-    stores: StorageCache | None = None  # miners' stores; None: opened under the policy allow_local_storage sets
-    follow_recorded: tuple[object, ...] = ()  # the follow status last written to the database
+    stores: StorageCache = field(default=None)  # type: ignore[assignment]  # None: built from allow_local_storage
+    carry: Carry = field(default_factory=Carry)
 
     def __post_init__(self) -> None:
         if self.stores is None:  # built here so the policy can never disagree with allow_local_storage
-            self.stores = StorageCache(policy=EndpointPolicy(allow_private=self.allow_local_storage))
+            object.__setattr__(self, "stores", StorageCache(policy=EndpointPolicy(allow_private=self.allow_local_storage)))
 
     @property
     def hotkey(self) -> str:
@@ -102,15 +113,16 @@ class ModelNotReady(RuntimeError):
 
 def advance_model(ctx: ValidatorContext, target: int) -> GlobalModel | None:
     """Move theta towards ``target`` as far as the decided history allows; None if there is nothing yet."""
+    carry = ctx.carry
     try:
-        ctx.model = ctx.follower.advance(ctx.model, target)
+        carry.model = model = ctx.follower.advance(carry.model, target)
     except OutOfSync as exc:
         log.warning("cannot follow the subnet's model: %s", exc)
         return None
-    ctx.recent_hashes[ctx.model.hash] = ctx.model.window
-    for old in [h for h, w in ctx.recent_hashes.items() if w < ctx.model.window - ctx.hp.scoring.sync_max_behind]:
-        del ctx.recent_hashes[old]
-    return ctx.model
+    carry.recent_hashes[model.hash] = model.window
+    for old in [h for h, w in carry.recent_hashes.items() if w < model.window - ctx.hp.scoring.sync_max_behind]:
+        del carry.recent_hashes[old]
+    return model
 
 
 def ensure_model(ctx: ValidatorContext, window: int) -> GlobalModel:
@@ -176,7 +188,7 @@ def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
     with metrics.timed("stage1", timings):
         banned = [hk for hk, p in prev.items() if is_banned(p, window)]
         s1 = run_stage1(collected, window=window, hp=ctx.hp, shapes=model.shapes, cfg=ctx.codec_cfg,
-                        recent_hashes=ctx.recent_hashes, banned=banned, history=ctx.history,
+                        recent_hashes=ctx.carry.recent_hashes, banned=banned, history=ctx.carry.history,
                         copy_seed=int.from_bytes(seed[:8], "little"))
         for c in collected.values():  # Stage 1 keeps the parsed encodings; the raw bytes are not needed again
             c.data = None

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from protocol.codec import CodecConfig
 from protocol.global_model import GlobalModel, sync_global_model
 from protocol.hparams import HParams
 from protocol.model import model_from_state
@@ -27,7 +28,7 @@ from protocol.peer_storage import EndpointPolicy
 from protocol.storage import Storage, delta_key
 from validator import metrics
 from validator.collect import StorageCache
-from validator.evaluate import Compute, EvalJob, EvalResult, PageSource, WindowEvaluator
+from validator.evaluate import Compute, EvalJob, EvalResult, PageSource, RemoteJob, WindowEvaluator
 from validator.queue import Job, WorkQueue
 from validator.stage1 import decode_upload
 
@@ -45,10 +46,10 @@ class QueueDispatcher:
         self.queue = queue
         self.poll_s = poll_s
 
-    def evaluate(self, window: int, jobs: Sequence[dict[str, Any]], timeout_s: float) -> dict[str, EvalResult]:
+    def evaluate(self, window: int, jobs: Sequence[RemoteJob], timeout_s: float) -> dict[str, EvalResult]:
         for job in jobs:
-            self.queue.submit(window, job["hotkey"], job)
-        wanted = {j["hotkey"] for j in jobs}
+            self.queue.submit(window, job.hotkey, job.to_json())
+        wanted = {j.hotkey for j in jobs}
         deadline = time.monotonic() + timeout_s
         got: dict[str, dict[str, Any]] = {}
         while time.monotonic() < deadline:
@@ -57,6 +58,9 @@ class QueueDispatcher:
                 break
             time.sleep(self.poll_s)
         return {hk: EvalResult.from_dict(r["result"]) for hk, r in got.items() if hk in wanted and r.get("ok")}
+
+    def forget(self, window: int) -> None:
+        self.queue.clear_window(window)
 
 
 @dataclass
@@ -73,7 +77,7 @@ class WorkerConfig:
 
 class Worker:
     def __init__(self, cfg: WorkerConfig, *, hp: HParams, queue: WorkQueue, publish_storage: Storage,
-                 pages: PageSource, codec_cfg: Any) -> None:
+                 pages: PageSource, codec_cfg: CodecConfig) -> None:
         self.cfg, self.hp, self.queue = cfg, hp, queue
         self.publish_storage, self.pages, self.codec_cfg = publish_storage, pages, codec_cfg
         self.stores = StorageCache(policy=EndpointPolicy(allow_private=cfg.allow_local_storage))
@@ -92,29 +96,29 @@ class Worker:
             self._evaluator = (key, WindowEvaluator(module, self.pages, random_page_ids, self.cfg.compute))
         return self._evaluator[1]
 
-    def fetch(self, payload: dict[str, Any]) -> EvalJob:
+    def fetch(self, job: RemoteJob) -> EvalJob:
         from protocol.wire import WireError, parse_delta
 
-        url = payload["url"]  # the policy refuses it here too (StorageRefused) if the validator's would
-        data = self.stores.get(url).get(delta_key(payload["window"], payload["hotkey"]),
-                                        max_bytes=self.hp.max_upload_bytes)
+        # The policy refuses the URL here too (StorageRefused) if the validator's would.
+        data = self.stores.get(job.url).get(delta_key(job.window, job.hotkey), max_bytes=self.hp.max_upload_bytes)
         assert self.model is not None
         try:
             parsed = parse_delta(data, expected_shapes=self.model.shapes, cfg=self.codec_cfg,
                                  max_bytes=self.hp.max_upload_bytes)
         except WireError as exc:
             raise JobError(f"parse: {exc}") from exc
-        if parsed.payload_hash != payload["payload_hash"]:
+        if parsed.payload_hash != job.payload_hash:
             raise JobError("payload changed since Stage 1")
         decoded = decode_upload(parsed.encoded, self.model.shapes, self.codec_cfg)
-        return EvalJob(payload["hotkey"], decoded.load_update(), float(payload["step"]),
-                       tuple(payload["assigned_page_ids"]), tuple(float(c) for c in payload.get("reach", ())))
+        return EvalJob(job.hotkey, decoded.load_update(), job.step, job.assigned_page_ids, job.reach)
 
     def handle(self, job: Job) -> dict[str, Any]:
-        p = job.payload
         try:
-            evaluator = self.evaluator(job.window, tuple(p["random_page_ids"]))
-            result = replace(evaluator.evaluate(self.fetch(p)), evaluator="worker")
+            remote = RemoteJob.from_json(job.payload)
+            if (remote.window, remote.hotkey) != (job.window, job.hotkey):
+                raise JobError("the job's payload names another window or hotkey than its queue entry")
+            evaluator = self.evaluator(remote.window, remote.random_page_ids)
+            result = replace(evaluator.evaluate(self.fetch(remote)), evaluator="worker")
             return {"ok": True, "worker": self.cfg.consumer, "result": result.as_dict()}
         except Exception as exc:  # reported back; the validator evaluates the peer itself
             log.warning("job %s/%s failed: %s", job.window, job.hotkey, exc)

@@ -27,7 +27,7 @@ from validator.db import repo, weight_repo
 from validator.db.models import Evaluation
 
 BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-REJECT_REASONS = ("norm", "late", "signature", "stale")
+REJECT_REASONS = ("norm_too_large", "late", "bad_signature", "out_of_sync")
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 

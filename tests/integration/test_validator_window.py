@@ -112,7 +112,7 @@ def test_full_window_end_to_end(tmp_path: Path, pg_schema_url: str) -> None:  # 
 
     # The published aggregate takes a fresh node from theta_0 to the validator's theta_1.
     synced = sync_global_model(None, 1, hp=HP, storage=ctx.own_storage, owner=ctx.hotkey)
-    assert synced.window == 1 and synced.hash == ctx.model.hash
+    assert synced.window == 1 and synced.hash == ctx.carry.model.hash
 
     # Weights: set once for window 0, never twice.
     with ctx.sessions() as s:
@@ -206,7 +206,7 @@ def test_time_budget_leaves_peers_unevaluated_and_loses_nothing(tmp_path: Path, 
     import time
 
     ctx.stage2.clock = time.time
-    model1 = ctx.model
+    model1 = ctx.carry.model
     assert model1 is not None and model1.window == 1
     for miner in net.miners:
         simulate.put(miner, 1, simulate.honest_upload(miner, model1, 1, net.pages, HP, net.pages.num_pages),

@@ -67,7 +67,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                                         kp=m[5].keypair, hp=HP), uploaded_at=t0)  # m[6]: missing
     net.close_window(0)
     assert [r.window for r in service.run_pass(ctx, service.LoopConfig())] == [0]
-    theta1 = ctx.model
+    theta1 = ctx.carry.model
     assert theta1 is not None and theta1.window == 1
     moved = theta1.hash != theta0.hash  # the validator's model object moves on in place: compare now
     t1 = net.window_time(1)
@@ -117,15 +117,15 @@ def test_every_receipt_of_both_windows_matches(scored: dict[str, Any]) -> None:
 def test_previous_state_follows_the_penalty_rules(scored: dict[str, Any]) -> None:
     api, net = scored["api"], scored["net"]
     copier = net.miners[4].hotkey
-    prev = previous_state(copier, api.history(copier, down_to=-1), 1, HP)
-    assert prev.banned_until == 0 + HP.scoring.copy_ban_windows and prev.inactive_windows == 0
+    prev = previous_state(api.history(copier, down_to=-1), 1, HP)
+    assert prev.banned_until_window == 0 + HP.scoring.copy_ban_windows and prev.inactive_windows == 0
     fake = [Receipt.model_validate({**api.history(copier, down_to=-1)[0].model_dump(), "window": w, "status": s,
                                     "reject_reason": r}) for w, s, r in
             ((9, "missing", "missing"), (8, "rejected", "banned"), (7, "unevaluated", None), (6, "rejected", "late"),
              (5, "accepted", None), (4, "missing", "missing"))]
     # Banned and unevaluated windows leave the idle count alone; an evaluated one ends it.
-    assert previous_state(copier, fake, 10, HP).inactive_windows == 2
-    assert previous_state(copier, [], 10, HP).mu == 25.0
+    assert previous_state(fake, 10, HP).inactive_windows == 2
+    assert previous_state([], 10, HP).rating.mu == 25.0
 
 
 def test_tampered_receipts_and_a_swapped_upload_are_mismatches(scored: dict[str, Any]) -> None:

@@ -27,6 +27,11 @@ def test_rejection_values_are_pinned() -> None:
         "banned",
         "foreign",  # appended: uploads not signed by the hotkey for W, judged missing (never a ban)
         "wrong_window",
+        "timeout",  # appended: collection failures and the validator's own, enum members since issue 14
+        "bad_storage_url",
+        "storage_unavailable",
+        "too_large",
+        "evaluation_failed",
     ]
     assert Rejection("late") is Rejection.LATE
     assert f"{Rejection.COPY}" == "copy"

@@ -61,7 +61,7 @@ def test_loop_waits_for_grace_catches_up_and_survives_restart(tmp_path: Path) ->
         assert repo.count_window_evaluations(s, window=2, status="missing") == 2
     # The published history reaches theta_4 from the checkpoint of window 2 (checkpoint_every = 2).
     synced = sync_global_model(None, 4, hp=HP, storage=ctx2.own_storage, owner=ctx2.hotkey)
-    assert synced.window == 4 and synced.hash == ctx2.model.hash
+    assert synced.window == 4 and synced.hash == ctx2.carry.model.hash
     assert ctx2.own_storage.stat("checkpoints/0000000002.safetensors").size > 0
 
 
@@ -77,7 +77,7 @@ def test_windows_beyond_the_lookback_are_closed_empty(tmp_path: Path) -> None:
     with ctx.sessions() as s:
         skipped = [w.window for w in repo.windows(s) if w.stage_timings.get("skipped")]
     assert skipped == [1, 0]  # 4 - 0 and 4 - 1 > 2: closed empty; windows 2..4 evaluated
-    assert ctx.model is not None and ctx.model.window == 5
+    assert ctx.carry.model is not None and ctx.carry.model.window == 5
 
 
 def test_validators_are_not_scored_as_miners() -> None:
@@ -106,9 +106,9 @@ def test_a_validator_that_joins_late_warms_up_before_setting_weights(tmp_path: P
     with sessions() as s:
         repo.mark_window_scored(s, window=12)
     hp = HP.override(**{"weights.warmup_windows": 5})
-    late = SimpleNamespace(model=SimpleNamespace(genesis_window=3), sessions=sessions, hp=hp)
+    late = SimpleNamespace(carry=SimpleNamespace(model=SimpleNamespace(genesis_window=3)), sessions=sessions, hp=hp)
     assert [w for w in range(12, 20) if warming_up(late, w)] == [12, 13, 14, 15]  # weights from 12 + 5 - 1
-    at_genesis = SimpleNamespace(model=SimpleNamespace(genesis_window=12), sessions=sessions, hp=hp)
+    at_genesis = SimpleNamespace(carry=SimpleNamespace(model=SimpleNamespace(genesis_window=12)), sessions=sessions, hp=hp)
     assert not warming_up(at_genesis, 12)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Generic, Literal, TypeVar, get_args, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from scoring.filters import Rejection
 from validator.db.models import FINAL_WINDOW_STATUSES, Base, Evaluation, FollowState, Peer, WeightSet, Window
 
 T = TypeVar("T")
@@ -124,6 +125,7 @@ class Receipt(_ReceiptColumns):  # type: ignore[misc, valid-type]
     """The score receipt of one peer in one window (the ``evaluations`` table): everything to re-check its score."""
 
     status: EvaluationStatus
+    reject_reason: Rejection | None = Field(description="Why the upload was not scored (scoring.filters.Rejection).")
     window_final: bool = Field(description="Scoring of the window is final; seeds are published.")
     loss_improvement_assigned: float | None = Field(description="loss_before_assigned - loss_after_assigned")
     loss_improvement_random: float | None = Field(description="loss_before_random - loss_after_random")
