@@ -161,8 +161,8 @@ def score_windows(measured: list[dict], names: list[str], hp: HParams) -> list[d
             rates[key] = ratings.update_ratings(rates[key], {n: m[n]["contribution"] for n in members}, sp)
             for n in members:
                 bma = update_bma(peer[key][n].bma, m[n]["indicator"], sp.indicator_alpha)
-                peer[key][n] = final.apply_penalties(peer[key][n], final.WindowOutcome.evaluated(w, rates[key][n], bma,
-                                                                                                 1.0), sp)
+                verdict = final.Verdict.evaluated(w, rates[key][n], bma, 1.0)
+                peer[key][n] = final.apply_penalties(peer[key][n], verdict, sp)
             weights = compute_weights({i: peer[key][n].score for i, n in enumerate(members)},
                                       WeightParams(top_n=32, power=1.0))
             for i, n in enumerate(members):
