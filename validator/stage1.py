@@ -37,6 +37,7 @@ import torch
 from protocol.codec import CodecConfig, EncodedTensor
 from protocol.hparams import HParams
 from protocol.sync import SparseUpdate
+from protocol.wire import DeltaMeta
 from scoring.copies import CopyFinding, PeerSketch, detect_copies
 from scoring.filters import Rejection, check_norm
 from validator.collect import Collected
@@ -194,14 +195,13 @@ def decode_upload(encoded: Mapping[str, EncodedTensor], shapes: Mapping[str, tup
 # --------------------------------------------------------------------------- the filters
 
 
-def _check_meta(meta: object, *, window: int, hotkey: str, hp: HParams) -> tuple[Rejection, str] | None:
-    if getattr(meta, "spec_version", None) != hp.spec_version:
-        return Rejection.MALFORMED, f"spec_version {getattr(meta, 'spec_version', None)} != {hp.spec_version}"
-    if getattr(meta, "hotkey", None) != hotkey:  # not this miner's signature: maybe planted, never a ban
-        return Rejection.FOREIGN, f"signed by {str(getattr(meta, 'hotkey', None))[:64]}"
-    signed_window = getattr(meta, "window", None)
-    if signed_window != window:  # the miner's own upload for another window: maybe put back by someone else
-        return Rejection.WRONG_WINDOW, f"signed for window {str(signed_window)[:24]}"
+def _check_meta(meta: DeltaMeta, *, window: int, hotkey: str, hp: HParams) -> tuple[Rejection, str] | None:
+    if meta.spec_version != hp.spec_version:
+        return Rejection.MALFORMED, f"spec_version {meta.spec_version} != {hp.spec_version}"
+    if meta.hotkey != hotkey:  # not this miner's signature: maybe planted, never a ban
+        return Rejection.FOREIGN, f"signed by {str(meta.hotkey)[:64]}"
+    if meta.window != window:  # the miner's own upload for another window: maybe put back by someone else
+        return Rejection.WRONG_WINDOW, f"signed for window {str(meta.window)[:24]}"
     return None
 
 
