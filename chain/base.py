@@ -30,6 +30,7 @@ __all__ = [
     "SubnetParams",
     "WalletError",
     "coldkey_address",
+    "conform_weights",
     "hotkey_address",
     "seconds_per_block",
 ]
@@ -234,6 +235,43 @@ class Chain(Protocol):
     def subnet_params(self, netuid: int) -> SubnetParams:
         """The subnet's weight-setting hyper-parameters at the head; :class:`SubnetNotFoundError` when absent."""
         ...
+
+
+def conform_weights(uids: list[int], weights: list[float], params: SubnetParams) -> tuple[list[int], list[float]]:
+    """The weights as the chain will hold them, computed before anything is recorded or sent.
+
+    Uses the SDK's own two steps, in the order that makes them stable (the SDK's ``SetWeights``
+    then leaves the result as it is, so what a caller records is what is sent):
+
+    1. drop weights the SDK's u16 ``normalize`` would drop (zero, or under half a step of
+       the largest), and
+    2. ``clip_to_max_weight``: no weight above ``params.max_weight_fraction`` of the sum, the
+       excess spread over the others (the chain's ``MaxWeightsLimit`` is a share, not a uid
+       count, so nothing is cut off). Clipping lowers only the largest weights, so step 1
+       stays done.
+
+    Returns uids ascending with weights summing to 1. Raises :class:`InvalidWeightsError`
+    where no clip can help: fewer non-zero weights than ``min_allowed_weights``, or too few
+    uids to keep every share under the cap. (A validator's lone self-weight, exempt from both
+    on chain, is not a case a validator sends.)
+    """
+    from bittensor.intents.weights import clip_to_max_weight, normalize
+
+    pairs = sorted((int(u), float(w)) for u, w in zip(uids, weights, strict=True) if w > 0)
+    kept, _ = normalize([u for u, _ in pairs], [w for _, w in pairs]) if pairs else ([], [])
+    given = dict(pairs)
+    values = [given[u] for u in kept]
+    if len(kept) < max(1, params.min_allowed_weights):
+        raise InvalidWeightsError(f"{len(kept)} non-zero weights; subnet {params.netuid} requires at least "
+                                  f"{params.min_allowed_weights} (MinAllowedWeights)")
+    cap = params.max_weight_fraction
+    if cap < 1.0:
+        if len(kept) * cap < 1.0:
+            raise InvalidWeightsError(f"subnet {params.netuid} caps one weight at {cap:.4f} of a row "
+                                      f"(MaxWeightsLimit): {len(kept)} uids cannot share it")
+        values = clip_to_max_weight(values, cap)
+    total = sum(values)
+    return list(kept), [v / total for v in values]
 
 
 def hotkey_address(keypair_or_wallet: Any) -> str:

@@ -4,22 +4,90 @@ A window's weight set is unique (``weight_sets.window``), so a restarted validat
 weights for one window twice; ``validator.setweights`` drives the claim/outcome sequence and
 the score API reads the latest set. Kept apart from ``validator.db.repo`` (receipts, peers,
 windows) because it is the one table tied to the chain's extrinsics; it shares that module's
-conventions and its session helpers (Session first, keyword-only, commit per write).
+conventions and its session helpers (Session first, keyword-only, commit per write). The
+scores weights are computed from are read here too (:func:`current_scores`), so the weight
+setter holds no SQL.
+
+A set stays ``pending`` while it may still be sent: waiting out the chain's rate limit, or
+retried after a failed send. Its ``tx_detail`` is then the set's log, one line per event,
+in a format this module alone writes and parses (:func:`attempt_line`, :func:`wait_line`,
+:class:`UnsentSet`)::
+
+    #1 block 1205 retry 1207: ChainUnavailableError: ...   (send 1 failed; next try at 1207)
+    wait block 1207 retry 1300: weights rate limit ...       (no send; next try at 1300)
+    #2 block 1300: success
+
+so the API shows every attempt's outcome, and a restarted validator knows how many sends
+were made and when the next one is due without a column the schema does not have.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from validator.db.models import WEIGHT_TX_STATUSES, WeightSet, Window, utcnow
+from validator.db.models import WEIGHT_TX_STATUSES, Peer, WeightSet, Window, utcnow
 from validator.db.repo import _check_page, _check_status, _committed, _insert
 
 TxStatus = Literal["pending", "success", "failed"]
+
+#: One line of a weight set's log; a line that does not match (a plain note) is kept but not parsed.
+_LOG_LINE = re.compile(r"^(?:#(?P<send>\d+)|wait) block (?P<block>\d+)(?: retry (?P<retry>\d+))?: ")
+#: A log line's outcome text is cut here: a chain error can be long, and the log holds several.
+MAX_LINE_CHARS = 300
+
+
+def current_scores(session: Session) -> dict[str, float]:
+    """Hotkey -> current final score, for every peer the validator has state for."""
+    return {hotkey: float(score) for hotkey, score in session.execute(sa.select(Peer.hotkey, Peer.score))}
+
+
+def attempt_line(number: int, block: int, outcome: str, retry_at: int | None = None) -> str:
+    """The log line of send ``number`` at ``block`` (``retry_at``: when the next send is due)."""
+    retry = f" retry {retry_at}" if retry_at is not None else ""
+    return f"#{number} block {block}{retry}: {outcome}"[:MAX_LINE_CHARS]
+
+
+def wait_line(block: int, until: int, reason: str) -> str:
+    """The log line of a wait (no send) at ``block`` until ``until``."""
+    return f"wait block {block} retry {until}: {reason}"[:MAX_LINE_CHARS]
+
+
+@dataclass(frozen=True)
+class UnsentSet:
+    """A claimed weight set not yet on chain, with what its log says about earlier tries."""
+
+    window: int
+    uids: list[int]
+    weights: list[float]
+    version_key: int
+    claimed_block: int | None
+    sends: int  # sends made so far (failed ones: a pending set has no successful send)
+    next_try_block: int  # the block before which it is not tried again (0: now)
+
+    @classmethod
+    def of(cls, row: WeightSet) -> UnsentSet:
+        sends, next_try = 0, 0
+        for line in (row.tx_detail or "").splitlines():
+            m = _LOG_LINE.match(line)
+            if m is None:
+                continue
+            sends = int(m["send"]) if m["send"] else sends
+            next_try = int(m["retry"]) if m["retry"] else 0
+        return cls(window=row.window, uids=[int(u) for u in row.uids], weights=[float(w) for w in row.weights],
+                   version_key=int(row.version_key), claimed_block=row.block, sends=sends, next_try_block=next_try)
+
+
+def unsent_weight_sets(session: Session) -> list[UnsentSet]:
+    """Pending weight sets (claimed, not yet sent or to be retried), oldest window first."""
+    stmt = sa.select(WeightSet).where(WeightSet.tx_status == "pending").order_by(WeightSet.window)
+    return [UnsentSet.of(row) for row in session.scalars(stmt)]
 
 
 def record_weight_set(
@@ -75,8 +143,14 @@ def update_weight_set(
     tx_status: TxStatus,
     block: int | None = None,
     tx_detail: str | None = None,
+    log: str | None = None,
 ) -> bool:
-    """Record the extrinsic's outcome for ``window``'s weight set; commit. False if none."""
+    """Record the extrinsic's outcome for ``window``'s weight set; commit. False if none.
+
+    ``tx_detail`` replaces the detail; ``log`` appends a line to it instead (the set's log,
+    see the module docstring). ``block`` is left as it is when None: a pending set keeps the
+    block it was claimed at, which ``validator.setweights.applied_on_chain`` compares with.
+    """
     _check_status(tx_status, WEIGHT_TX_STATUSES, "tx_status")
 
     def write() -> bool:
@@ -85,6 +159,9 @@ def update_weight_set(
             values["block"] = block
         if tx_detail is not None:
             values["tx_detail"] = tx_detail
+        if log is not None:
+            before = session.scalar(sa.select(WeightSet.tx_detail).where(WeightSet.window == window))
+            values["tx_detail"] = f"{before}\n{log}" if before else log
         stmt = sa.update(WeightSet).where(WeightSet.window == window).values(**values)
         found = bool(session.execute(stmt).rowcount)
         if found and tx_status == "success":
