@@ -127,7 +127,7 @@ def run_pass(ctx: ValidatorContext, cfg: LoopConfig, limit: int | None = None) -
 
     First, a weight set claimed but never sent (the process died in between) is finished.
     """
-    resend_unsent(ctx)
+    resend_unsent(ctx)  # also retries a failed send, and sends a set that waited out the rate limit
     todo = pending_windows(ctx, cfg)
     newest = window_of(ctx.chain.block(), ctx.hp.windows) - 1  # the last closed window
     reports = []

@@ -86,12 +86,11 @@ def due(window: int, every: int) -> bool:
     return (window + 1) % every == 0
 
 
-def weights_from_scores(ctx: ValidatorContext) -> tuple[list[int], list[float]]:
+def weights_from_scores(ctx: ValidatorContext, meta: Metagraph) -> tuple[list[int], list[float]]:
     """Current scores of registered peers -> (uids, normalised weights) via ``scoring.weights``."""
     from scoring.weights import compute_weights
     from validator.window import miner_hotkeys
 
-    meta = ctx.chain.metagraph(ctx.netuid)
     uid_of = miner_hotkeys(meta, ctx.chain.commitments(ctx.netuid))  # validators are never paid as miners
     with ctx.sessions() as s:
         scores = {uid_of[hk]: score for hk, score in weight_repo.current_scores(s).items() if hk in uid_of}
@@ -166,7 +165,8 @@ def maybe_set_weights(ctx: ValidatorContext, window: int) -> bool:
     """Set weights for ``window`` if due, leader and not yet claimed; True if an extrinsic was sent."""
     if not due(window, ctx.hp.weights.set_every_windows) or warming_up(ctx, window) or not ctx.is_leader():
         return False
-    uids, weights = weights_from_scores(ctx)
+    meta = ctx.chain.metagraph(ctx.netuid)  # read once: the scores' uids and this hotkey's last update
+    uids, weights = weights_from_scores(ctx, meta)
     if not uids:
         log.info("window %d: no positive scores yet; weights not set", window)
         return False
@@ -184,7 +184,7 @@ def maybe_set_weights(ctx: ValidatorContext, window: int) -> bool:
         return False
     unsent = UnsentSet(window=window, uids=uids, weights=weights, version_key=version, claimed_block=block,
                        sends=0, next_try_block=0)
-    return _send(ctx, unsent, params, ctx.chain.metagraph(ctx.netuid))
+    return _send(ctx, unsent, params, meta)
 
 
 def _send(ctx: ValidatorContext, u: UnsentSet, params: SubnetParams, meta: Metagraph) -> bool:

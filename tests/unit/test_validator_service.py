@@ -201,3 +201,35 @@ def test_an_unsent_weight_set_whose_period_is_over_is_not_sent(
     assert not resend_unsent(_ctx_every(tmp_path, net)) and sends == []
     with ctx.sessions() as s:
         assert weight_repo.latest_weight_set(s).tx_status == "failed"
+
+
+def test_a_failed_weight_set_is_retried_by_a_later_pass_of_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chain.base import ChainUnavailableError
+
+    net, calls = _weights_net(tmp_path), []
+    ctx = _ctx_every(tmp_path, net)
+    service.bootstrap(ctx, 0)
+    real = net.chain.set_weights
+
+    def down_once(*args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ChainUnavailableError("node down")
+        real(*args)
+
+    monkeypatch.setattr(net.chain, "set_weights", down_once)
+    [report] = service.run_pass(ctx, service.LoopConfig())  # scores window 0; its weight set fails
+    assert report.window == 0 and calls == [1]
+    with ctx.sessions() as s:
+        assert weight_repo.latest_weight_set(s).tx_status == "pending"
+    service.run_pass(ctx, service.LoopConfig())
+    assert calls == [1]  # inside the backoff: not tried again yet
+    net.clock.now += 2 * net.chain.params.block_time_s
+    service.run_pass(ctx, service.LoopConfig())
+    assert calls == [1, 1]
+    with ctx.sessions() as s:
+        ws = weight_repo.latest_weight_set(s)
+        assert ws.tx_status == "success" and ws.tx_detail.splitlines()[-1].endswith(": success")
+        assert repo.get_window(s, window=0).status == "weights_set"
