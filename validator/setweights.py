@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from typing import TYPE_CHECKING
 
 from chain.base import (
@@ -78,7 +79,9 @@ MAX_SENDS = 6
 #: Blocks between the first failed send and the next; doubles after each further failure.
 BACKOFF_BLOCKS = 2
 
-_schedule_checked: set[tuple[int, str, int]] = set()  # (netuid, hotkey, id(chain)) warned about
+#: Chain -> (netuid, hotkey) whose schedule was checked. Weak: a chain object gone (a test's, a
+#: reconnect's) must not let a new one at the same address skip its check.
+_schedule_checked: weakref.WeakKeyDictionary[object, set[tuple[int, str]]] = weakref.WeakKeyDictionary()
 
 
 def due(window: int, every: int) -> bool:
@@ -130,8 +133,8 @@ def schedule_warnings(hp: HParams, params: SubnetParams) -> list[str]:
 
 
 def _check_schedule_once(ctx: ValidatorContext) -> None:
-    key = (ctx.netuid, ctx.hotkey, id(ctx.chain))
-    if key in _schedule_checked:
+    checked = _schedule_checked.setdefault(ctx.chain, set())
+    if (ctx.netuid, ctx.hotkey) in checked:
         return
     try:
         params = ctx.chain.subnet_params(ctx.netuid)
@@ -139,7 +142,7 @@ def _check_schedule_once(ctx: ValidatorContext) -> None:
         log.info("cannot read subnet %d's hyper-parameters yet (%s); checking the weight schedule later",
                  ctx.netuid, exc)
         return
-    _schedule_checked.add(key)
+    checked.add((ctx.netuid, ctx.hotkey))
     for warning in schedule_warnings(ctx.hp, params):
         log.warning("%s", warning)
     if params.commit_reveal_enabled:
