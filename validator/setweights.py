@@ -22,8 +22,9 @@ the subnet's ``weights_rate_limit``; so does a set the chain answers ``RateLimit
 A send that fails otherwise (any ``ChainError`` but ``InvalidWeightsError``, which would fail
 the same way again) is retried on later passes, ``MAX_SENDS`` sends at most, the next one
 ``BACKOFF_BLOCKS`` blocks after the first failure and twice as long after each further one.
-Every wait and send is a line of the set's log (``tx_detail``; ``weight_repo`` owns the
-format), so the API shows each attempt's outcome and a restart resumes the count.
+Every wait and send is a line of the set's log (``tx_detail``), so the API shows each
+attempt's outcome; the count of sends and the next try's block are columns of the set, so a
+restart resumes them.
 
 **Crash safety.** A crash between claim and send leaves the claim pending. Dropping it would
 lose that weight period for good (the window is scored and is not scored again), so every
@@ -39,11 +40,11 @@ a validator operator should do about each:
   weights_rate_limit``): every set waits for the chain and a period can pass unsent. Raise
   ``weights.set_every_windows`` to at least ``ceil(rate limit / blocks_per_window)``, or ask
   the subnet owner to lower ``weights_rate_limit``.
-* *weight period shorter than the tempo*: Yuma reads the weights once per epoch, so all but
-  the last set before each epoch are overwritten unused (and with commit-reveal, each is one
-  more unrevealed commit). Raise ``weights.set_every_windows`` to
-  ``ceil(tempo / blocks_per_window)``; a longer period is fine (weights stay on chain between
-  sets).
+* *weight period shorter than the tempo* (logged as a note, not a warning: the packaged 2 x 125
+  blocks is shorter than finney's 360): Yuma reads the weights once per epoch, so all but the
+  last set before each epoch are overwritten unused. Harmless; ``weights.set_every_windows`` of
+  ``ceil(tempo / blocks_per_window)`` saves the extrinsics. A longer period is fine too
+  (weights stay on chain between sets).
 
 The version key is the spec version.
 """
@@ -125,10 +126,6 @@ def schedule_warnings(hp: HParams, params: SubnetParams) -> list[str]:
                    f"{params.netuid} accepts one set per {params.weights_rate_limit} blocks (weights_rate_limit): "
                    f"sets wait and periods can pass unsent; set weights.set_every_windows >= "
                    f"{math.ceil(params.weights_rate_limit / bpw)}")
-    if period < params.tempo:
-        out.append(f"weights are due every {period} blocks, more often than subnet {params.netuid}'s tempo "
-                   f"({params.tempo} blocks): only the last set before each epoch counts; set "
-                   f"weights.set_every_windows >= {math.ceil(params.tempo / bpw)} to set once per epoch")
     return out
 
 
@@ -145,6 +142,11 @@ def _check_schedule_once(ctx: ValidatorContext) -> None:
     checked.add((ctx.netuid, ctx.hotkey))
     for warning in schedule_warnings(ctx.hp, params):
         log.warning("%s", warning)
+    period = ctx.hp.weights.set_every_windows * ctx.hp.windows.blocks_per_window
+    if period < params.tempo:  # harmless (weights stay on chain), so a note, not a warning
+        log.info("weights are due every %d blocks, subnet %d's tempo is %d: only the last set before each epoch "
+                 "counts (weights.set_every_windows >= %d sets once per epoch)", period, ctx.netuid, params.tempo,
+                 math.ceil(params.tempo / ctx.hp.windows.blocks_per_window))
     if params.commit_reveal_enabled:
         log.info("subnet %d has commit-reveal on: weights are committed and count %d epochs (%d blocks) later",
                  ctx.netuid, params.commit_reveal_period, params.commit_reveal_period * params.tempo)
@@ -199,7 +201,8 @@ def _send(ctx: ValidatorContext, u: UnsentSet, params: SubnetParams, meta: Metag
     if block < ready:
         log.info("window %d: weights wait for the rate limit until block %d (now %d)", u.window, ready, block)
         _log(ctx, u.window, "pending", wait_line(block, ready, f"weights rate limit: last update at block {last} "
-                                                 f"+ {params.weights_rate_limit} blocks"), "rate_limited")
+                                                 f"+ {params.weights_rate_limit} blocks"), "rate_limited",
+             next_try=ready)
         return False
     log.info("window %d: %s weights for %d uids (send %d; commit-reveal %s)", u.window,
              "committing" if params.commit_reveal_enabled else "setting", len(u.uids), number,
@@ -208,12 +211,14 @@ def _send(ctx: ValidatorContext, u: UnsentSet, params: SubnetParams, meta: Metag
         ctx.chain.set_weights(ctx.keypair, ctx.netuid, u.uids, u.weights, u.version_key)
     except RateLimitedError as exc:  # the chain counts differently than the metagraph said: nothing was sent
         until = block + max(1, exc.retry_after_blocks)
-        _log(ctx, u.window, "pending", wait_line(block, until, f"RateLimitedError: {exc}"), "rate_limited")
+        _log(ctx, u.window, "pending", wait_line(block, until, f"RateLimitedError: {exc}"), "rate_limited",
+             next_try=until)
         return False
     except ChainError as exc:
         _failed(ctx, u, number, block, exc)
         return False
-    _log(ctx, u.window, "success", attempt_line(number, block, "success"), "success", block=ctx.chain.block())
+    _log(ctx, u.window, "success", attempt_line(number, block, "success"), "success", block=ctx.chain.block(),
+         sends=number)
     return True
 
 
@@ -224,17 +229,18 @@ def _failed(ctx: ValidatorContext, u: UnsentSet, number: int, block: int, exc: C
         why = "the chain refuses this set" if isinstance(exc, InvalidWeightsError) else f"{number} sends failed"
         log.warning("window %d: set_weights failed (%s); given up: %s", u.window, detail, why)
         _log(ctx, u.window, "failed", attempt_line(number, block, f"{detail}; given up: {why}"), "failed",
-             block=block)
+             block=block, sends=number)
         return
     retry = block + BACKOFF_BLOCKS * 2 ** (number - 1)
     log.warning("window %d: set_weights failed (%s); retrying at block %d", u.window, detail, retry)
-    _log(ctx, u.window, "pending", attempt_line(number, block, detail, retry), "retry")
+    _log(ctx, u.window, "pending", attempt_line(number, block, detail, retry), "retry", sends=number, next_try=retry)
 
 
 def _log(ctx: ValidatorContext, window: int, status: weight_repo.TxStatus, line: str, outcome: str,
-         *, block: int | None = None) -> None:
+         *, block: int | None = None, sends: int | None = None, next_try: int | None = None) -> None:
     with ctx.sessions() as s:
-        weight_repo.update_weight_set(s, window=window, tx_status=status, log=line, block=block)
+        weight_repo.update_weight_set(s, window=window, tx_status=status, log=line, block=block, sends=sends,
+                                      next_try_block=next_try)
     metrics.WEIGHTS_SET.labels(outcome=outcome).inc()
 
 

@@ -92,7 +92,7 @@ class DatabaseContract:
             diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
         engine.dispose()
         assert diff == []
-        assert current_revision(url) == "0005"
+        assert current_revision(url) == "0006"
 
     def test_downgrade_to_base_and_upgrade_again(self, url: str) -> None:
         downgrade(url, "base")
@@ -104,7 +104,7 @@ class DatabaseContract:
         with engine.connect() as connection:
             assert set(sa.inspect(connection).get_table_names()) >= TABLES
         engine.dispose()
-        assert current_revision(url) == "0005"
+        assert current_revision(url) == "0006"
 
     # ------------------------------------------------------------------ receipts
 

@@ -299,10 +299,9 @@ def test_schedule_warnings_say_what_to_set() -> None:
     assert setweights.schedule_warnings(HP, _params()) == []  # 1 x 10 blocks, tempo 10, no rate limit
     [rate] = setweights.schedule_warnings(HP, _params(weights_rate_limit=25))
     assert "accepts one set per 25 blocks" in rate and "weights.set_every_windows >= 3" in rate
-    [tempo] = setweights.schedule_warnings(HP, _params(tempo=360))
-    assert "tempo (360 blocks)" in tempo and "weights.set_every_windows >= 36" in tempo
+    assert setweights.schedule_warnings(HP, _params(tempo=360)) == []  # more often than the tempo: harmless
     finney = HParams()  # the packaged 2 x 125 blocks on a 360-block tempo and a 100-block rate limit
-    assert len(setweights.schedule_warnings(finney, _params(tempo=360, weights_rate_limit=100))) == 1
+    assert setweights.schedule_warnings(finney, _params(tempo=360, weights_rate_limit=100)) == []
 
 
 def test_the_schedule_is_checked_once_per_process(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -320,10 +319,13 @@ def test_current_scores_and_the_log_format(tmp_path: Path) -> None:
         assert weight_repo.current_scores(s) == {m.keypair.ss58_address: v for m, v in zip(
             net.miners, [4.0, 3.0, 2.0, 1.0], strict=True)}
         weight_repo.record_weight_set(s, window=3, uids=[1], weights=[1.0], version_key=1, block=7)
-        for line in (weight_repo.attempt_line(1, 8, "X: y", 10), "a plain note", weight_repo.wait_line(10, 30, "z")):
-            weight_repo.update_weight_set(s, window=3, tx_status="pending", log=line)
+        weight_repo.update_weight_set(s, window=3, tx_status="pending", log=weight_repo.attempt_line(1, 8, "X: y", 10),
+                                      sends=1, next_try_block=10)
+        weight_repo.update_weight_set(s, window=3, tx_status="pending", log="a plain note", next_try_block=30)
         [u] = weight_repo.unsent_weight_sets(s)
+        detail = weight_repo.latest_weight_set(s).tx_detail  # type: ignore[union-attr]
     assert (u.window, u.claimed_block, u.sends, u.next_try_block) == (3, 7, 1, 30)
+    assert detail == "#1 block 8 retry 10: X: y\na plain note"
 
 
 # ----------------------------------------------------------------------------- the Bittensor backend

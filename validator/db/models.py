@@ -203,7 +203,11 @@ class WeightSet(Base):
     weights: Mapped[list[float]]
     set_at: Mapped[datetime] = mapped_column(default=utcnow)
     tx_status: Mapped[str] = mapped_column(sa.String(16), default="pending", server_default="pending")
-    tx_detail: Mapped[str | None] = mapped_column(sa.Text)
+    tx_detail: Mapped[str | None] = mapped_column(sa.Text)  # the set's log: one line per wait or send
+    #: Sends made so far; a pending set's were all failures (``validator.setweights`` retries it).
+    sends: Mapped[int] = mapped_column(default=0, server_default="0")
+    #: The block before which a pending set is not tried again (rate limit or backoff); None: now.
+    next_try_block: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class RunConfig(Base):

@@ -9,21 +9,19 @@ scores weights are computed from are read here too (:func:`current_scores`), so 
 setter holds no SQL.
 
 A set stays ``pending`` while it may still be sent: waiting out the chain's rate limit, or
-retried after a failed send. Its ``tx_detail`` is then the set's log, one line per event,
-in a format this module alone writes and parses (:func:`attempt_line`, :func:`wait_line`,
-:class:`UnsentSet`)::
+retried after a failed send. Its retry state is two columns, ``sends`` and
+``next_try_block``, so a restarted validator resumes the count; its ``tx_detail`` is the set's
+log for people, one line per event (:func:`attempt_line`, :func:`wait_line`)::
 
     #1 block 1205 retry 1207: ChainUnavailableError: ...   (send 1 failed; next try at 1207)
     wait block 1207 retry 1300: weights rate limit ...       (no send; next try at 1300)
     #2 block 1300: success
 
-so the API shows every attempt's outcome, and a restarted validator knows how many sends
-were made and when the next one is due without a column the schema does not have.
+so the API shows every attempt's outcome.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,8 +35,6 @@ from validator.db.repo import _check_page, _check_status, _committed, _insert
 
 TxStatus = Literal["pending", "success", "failed"]
 
-#: One line of a weight set's log; a line that does not match (a plain note) is kept but not parsed.
-_LOG_LINE = re.compile(r"^(?:#(?P<send>\d+)|wait) block (?P<block>\d+)(?: retry (?P<retry>\d+))?: ")
 #: A log line's outcome text is cut here: a chain error can be long, and the log holds several.
 MAX_LINE_CHARS = 300
 
@@ -73,15 +69,9 @@ class UnsentSet:
 
     @classmethod
     def of(cls, row: WeightSet) -> UnsentSet:
-        sends, next_try = 0, 0
-        for line in (row.tx_detail or "").splitlines():
-            m = _LOG_LINE.match(line)
-            if m is None:
-                continue
-            sends = int(m["send"]) if m["send"] else sends
-            next_try = int(m["retry"]) if m["retry"] else 0
         return cls(window=row.window, uids=[int(u) for u in row.uids], weights=[float(w) for w in row.weights],
-                   version_key=int(row.version_key), claimed_block=row.block, sends=sends, next_try_block=next_try)
+                   version_key=int(row.version_key), claimed_block=row.block, sends=int(row.sends or 0),
+                   next_try_block=int(row.next_try_block or 0))
 
 
 def unsent_weight_sets(session: Session) -> list[UnsentSet]:
@@ -144,17 +134,23 @@ def update_weight_set(
     block: int | None = None,
     tx_detail: str | None = None,
     log: str | None = None,
+    sends: int | None = None,
+    next_try_block: int | None = None,
 ) -> bool:
     """Record the extrinsic's outcome for ``window``'s weight set; commit. False if none.
 
     ``tx_detail`` replaces the detail; ``log`` appends a line to it instead (the set's log,
     see the module docstring). ``block`` is left as it is when None: a pending set keeps the
     block it was claimed at, which ``validator.setweights.applied_on_chain`` compares with.
+    ``sends`` sets the count of sends made when given; ``next_try_block`` is set on every call
+    (None: try again at once).
     """
     _check_status(tx_status, WEIGHT_TX_STATUSES, "tx_status")
 
     def write() -> bool:
-        values: dict[str, Any] = {"tx_status": tx_status}
+        values: dict[str, Any] = {"tx_status": tx_status, "next_try_block": next_try_block}
+        if sends is not None:
+            values["sends"] = sends
         if block is not None:
             values["block"] = block
         if tx_detail is not None:
