@@ -16,12 +16,14 @@ signature | safetensors``, signed by the publishing validator's hotkey over a do
 and the payload hash, and are checked for size, signature, names, dtypes and shapes
 before use. No pickle anywhere.
 
-Aggregates are format version 2 (domain ``gauntlet-aggregate-v2``): per touched tensor the
-compact canonical code of ``protocol.compact`` (positions as a bitmap or Elias-Fano,
-whichever is smaller, and bf16 values), about 2.5 bytes per touched coordinate where version
-1 stored int64 indices and fp32 values (12). Version 1 is not read: no deployed subnet holds
-version-1 aggregates, and the domain tag changed with the version, so a signature over one
-can never pass for the other. Checkpoints stay version 1.
+Aggregates are format version 3 (domain ``gauntlet-aggregate-v3``): per touched tensor the
+compact canonical code of ``protocol.compact`` (the count, positions as a bitmap or
+Elias-Fano, whichever is smaller, and 7-bit values with one bf16 scale per 64), about 1.4
+bytes per touched coordinate at 20 peers. Version 2 (the same positions, bf16 values: 2.5)
+and version 1 (int64 indices and fp32 values: 12) are not read: no deployed subnet holds
+either, keeping version 2 would keep a second value code in every node for nothing, and the
+domain tag changes with the version, so a signature over one can never pass for another.
+Checkpoints stay version 1.
 """
 
 from __future__ import annotations
@@ -38,12 +40,12 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from protocol.compact import CompactError, CompactTensor, CompactUpdate, check_tensor, round_update
+from protocol.compact import CompactError, CompactTensor, CompactUpdate, round_update
 from protocol.topk import map_threads
 
 AGGREGATE_MAGIC = b"GAGG"
 CHECKPOINT_MAGIC = b"GCKP"
-AGGREGATE_VERSION = 2  # version 1 (int64 + fp32 per coordinate) was never deployed
+AGGREGATE_VERSION = 3  # versions 1 (int64 + fp32) and 2 (bf16 values) were never deployed
 CHECKPOINT_VERSION = 1
 _SIG_LEN = 64
 _PREFIX = 4 + 1 + _SIG_LEN
@@ -167,7 +169,8 @@ def revert_update(state: Mapping[str, torch.Tensor], update: Mapping[str, tuple[
     """Undo :func:`apply_update` exactly, from the old values it saved in ``undo``."""
     for name, old in undo.items():
         flat = state[name].view(-1)
-        flat.index_put_((update[name][0].to(flat.device),), old)
+        idx = update.tensors[name].indices() if isinstance(update, CompactUpdate) else update[name][0]  # no values
+        flat.index_put_((idx.to(flat.device),), old)
 
 
 # ------------------------------------------------------------------ envelope
@@ -233,13 +236,15 @@ def _load_tensors(payload: bytes) -> dict[str, torch.Tensor]:
 
 
 # The canonical container of an aggregate: safetensors with sorted JSON keys and no spaces, the
-# data of the bf16 tensors first and then of the uint8 ones, each group in name order.
-_ST_DTYPES = {torch.bfloat16: "BF16", torch.uint8: "U8"}
+# data of the int64 tensors (counts) first, then of the bf16 ones (scales), then of the uint8
+# ones (streams), each group in name order: every tensor starts aligned to its element size.
+_ST_DTYPES = {torch.int64: "I64", torch.bfloat16: "BF16", torch.uint8: "U8"}
 _ST_TORCH = {v: k for k, v in _ST_DTYPES.items()}
+_DTYPE_RANK = {dtype: rank for rank, dtype in enumerate(_ST_DTYPES)}
 
 
 def _data_order(tensors: Mapping[str, torch.Tensor]) -> list[str]:
-    return sorted(tensors, key=lambda n: (tensors[n].dtype != torch.bfloat16, n))
+    return sorted(tensors, key=lambda n: (_DTYPE_RANK[tensors[n].dtype], n))
 
 
 def _canonical_header(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
@@ -257,7 +262,7 @@ def _canonical_header(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str
         offset += size
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     # Spaces up to a data start 8-byte aligned in the whole file (magic, version and signature
-    # included), so the bf16 values can be used in place, without an aligning copy.
+    # included), so the counts and scales can be used in place, without an aligning copy.
     text += b" " * (-(_PREFIX + 8 + len(text)) % 8)
     return struct.pack("<Q", len(text)) + text
 
@@ -311,7 +316,8 @@ def _meta_fields(meta: dict[str, str], keys: tuple[str, ...]) -> dict[str, str]:
 
 # ------------------------------------------------------------------ aggregates
 
-_AGG_DOMAIN = b"gauntlet-aggregate-v2"
+_AGG_DOMAIN = b"gauntlet-aggregate-v3"
+_PARTS = ("count", "pos", "scale", "code")  # stored as <param>.<part> (protocol.compact)
 
 
 def pack_aggregate(update: Mapping[str, tuple[torch.Tensor, torch.Tensor]], meta: AggregateMeta, keypair, *,
@@ -320,9 +326,9 @@ def pack_aggregate(update: Mapping[str, tuple[torch.Tensor, torch.Tensor]], meta
 
     ``shapes`` is needed unless the update is empty or already compact.
 
-    Raises ValueError for values that are not bf16-exact, zero or non-finite, or positions
-    out of order or range: packing never rounds behind the caller's back, so the result hash
-    the caller computed is the one every node reproduces.
+    Raises ValueError for values that the 7-bit code does not carry exactly, zero or non-finite
+    values, or positions out of order or range: packing never rounds behind the caller's back,
+    so the result hash the caller computed is the one every node reproduces.
     """
     tensors: dict[str, torch.Tensor] = {}
     for name in sorted(update):
@@ -340,7 +346,7 @@ def pack_aggregate(update: Mapping[str, tuple[torch.Tensor, torch.Tensor]], meta
                 enc = CompactTensor.encode(idx, values, math.prod(shapes[name]))
             except CompactError as exc:
                 raise ValueError(f"{name}: {exc.reason}") from None
-        tensors[f"{name}.pos"], tensors[f"{name}.val"] = enc.positions, enc.values
+        tensors.update({f"{name}.{part}": t for part, t in enc.parts().items()})
     fields = {k: json.dumps(v) for k, v in asdict(meta).items()}
     parts = _canonical_parts(tensors, fields)
     signature = bytes(keypair.sign(_digest(_AGG_DOMAIN, *parts)))
@@ -361,10 +367,14 @@ def parse_aggregate(
 ) -> tuple[AggregateMeta, CompactUpdate]:
     """Verify and decode an aggregate; ``publisher``, if given, pins the hotkey that must have signed it.
 
-    Everything is checked before anything is returned (``protocol.compact.check_tensor``:
-    dtypes, lengths, zero padding, counts, positions strictly increasing and in range, values
-    finite and nonzero); the update stays compact and decodes one tensor at a time on access.
+    Everything is checked before anything is returned (``protocol.compact.CompactTensor.parse``:
+    dtypes, counts, lengths, zero padding, positions strictly increasing and in range, scales
+    finite and in range, every block's scale the canonical one); the update stays compact and
+    decodes one tensor at a time on access.
     """
+    if len(data) > 4 and data[:4] == AGGREGATE_MAGIC and data[4] == 2 and len(data) <= max_bytes:
+        raise SyncError("bad_version", "format version 2 (bf16 values) is no longer read: this build reads "
+                        f"version {AGGREGATE_VERSION} (7-bit values)")
     payload, header, header_len = _open(data, AGGREGATE_MAGIC, AGGREGATE_VERSION, max_bytes)
     raw = _meta_fields(_metadata(header), ("window", "base_model_hash", "result_model_hash", "validator", "spec_version", "peers",
                              "null"))
@@ -378,32 +388,32 @@ def parse_aggregate(
         raise SyncError("wrong_publisher", f"{meta.validator} is not {publisher}")
     _verify(data, _AGG_DOMAIN, payload, meta.validator)
     tensors = _view_tensors(data, header, header_len)
-    found: dict[str, CompactTensor] = {}
-    for name, shape in shapes.items():
-        pos, val = tensors.pop(f"{name}.pos", None), tensors.pop(f"{name}.val", None)
-        if pos is None and val is None:
+    parts: dict[str, list[torch.Tensor]] = {}
+    for name in shapes:
+        got = [tensors.pop(f"{name}.{part}", None) for part in _PARTS]
+        if all(t is None for t in got):
             continue  # nothing touched this parameter
-        if pos is None or val is None:
+        if any(t is None for t in got):
             raise SyncError("bad_tensor", name)
-        found[name] = CompactTensor(math.prod(shape), pos, val)
+        parts[name] = got  # type: ignore[assignment]
     if tensors:
         raise SyncError("unexpected_tensor", ", ".join(sorted(tensors)[:3]))
 
-    def check(name: str) -> str | None:
-        t = found[name]
+    def check(name: str) -> CompactTensor | str:
         try:
-            check_tensor(t.positions, t.values, t.numel)
+            return CompactTensor.parse(math.prod(shapes[name]), *parts[name])
         except CompactError as exc:
             return exc.reason
-        return None
 
-    names = sorted(found)
-    for name, reason in zip(names, map_threads(check, names), strict=True):
-        if reason is not None:
-            raise SyncError(reason, name)
+    names = sorted(parts)
+    found: dict[str, CompactTensor] = {}
+    for name, got in zip(names, map_threads(check, names), strict=True):
+        if isinstance(got, str):
+            raise SyncError(got, name)
+        found[name] = got
     # One byte string per (meta, update): the metadata as pack_aggregate writes it, the header canonical.
     fields = {k: json.dumps(v) for k, v in asdict(meta).items()}
-    stored = {f"{n}.{part}": t for n, c in found.items() for part, t in (("pos", c.positions), ("val", c.values))}
+    stored = {f"{n}.{part}": t for n, ts in parts.items() for part, t in zip(_PARTS, ts, strict=True)}
     canonical = _canonical_header(stored, fields)
     size = len(canonical) + sum(t.numel() * t.element_size() for t in stored.values())
     if raw != fields or len(payload) != size or bytes(payload[: len(canonical)]) != canonical:

@@ -2,7 +2,7 @@
 
 P_W = outer lr x robust_aggregate(the top ``outer.max_peers`` evaluated peers that improved
 the random loss, sized by the subnet's rule as Stage 2 scored them, ``scoring.scale``), rounded
-to bf16 (``protocol.compact``), signed at ``proposal_key(W)`` with the base and result model
+to the aggregate's 7-bit block code (``protocol.compact``), signed at ``proposal_key(W)`` with the base and result model
 hashes (possibly empty: then the result is theta_W). Every validator proposes; the
 follower rule picks the publisher's proposal, or the next validator's at failover, so a
 follower's proposal is what keeps the subnet going the window its publisher dies.
@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from protocol.compact import CompactTensor, CompactUpdate, round_dense
+from protocol.compact import CompactTensor, CompactUpdate
 from protocol.global_model import GlobalModel
 from protocol.hparams import HParams
 from protocol.model import model_hash
@@ -79,19 +79,21 @@ def robust_aggregate(updates: Sequence[SparseUpdate], norms: Sequence[float], sh
 
 def outer_step(updates: Sequence[SparseUpdate], norms: Sequence[float], shapes: Mapping[str, tuple[int, ...]],
                hp: HParams, median_norm: float | None) -> CompactUpdate:
-    """U_W in canonical form: outer lr x :func:`robust_aggregate`, rounded to bf16, zeros dropped.
+    """U_W in canonical form: outer lr x :func:`robust_aggregate`, quantised as the aggregate carries it.
 
-    The rounding comes before anything is applied or hashed, so the result hash is that of
-    exactly the values every node decodes from the published bytes. Each tensor is encoded
-    as it is computed (``protocol.compact``, about 2.5 bytes per touched coordinate), so the
-    step never exists as int64 positions + fp32 values for the whole model (12 bytes).
+    The quantisation (``protocol.compact``: 7-bit magnitudes, one bf16 scale per 64 touched
+    values, zeros dropped) comes before anything is applied or hashed, and what is applied and
+    hashed is decoded from the very codes that are packed, so the result hash is that of exactly
+    the values every node decodes from the published bytes. Each tensor is encoded as it is
+    computed (about 1.4 bytes per touched coordinate), so the step never exists as int64
+    positions + fp32 values for the whole model (12 bytes).
     """
     step: dict[str, CompactTensor] = {}
     for name, combined in robust_aggregate(updates, norms, shapes, hp, median_norm, reuse_buffer=True):
-        idx, values = round_dense(combined.mul_(hp.outer.lr))  # fp32 x lr, then one bf16 rounding
-        if idx.numel():
-            step[name] = CompactTensor.encode(idx, values, combined.numel())
-        del combined, idx, values
+        enc = CompactTensor.quantise_dense(combined.mul_(hp.outer.lr))  # fp32 x lr, then the format's one rounding
+        if enc is not None:
+            step[name] = enc
+        del combined, enc
     return CompactUpdate(step)
 
 
