@@ -28,7 +28,7 @@ from typing import Any
 from protocol.windows import window_bounds, window_of
 from validator import agreement, metrics
 from validator.db import repo
-from validator.setweights import maybe_set_weights, resend_unsent
+from validator.setweights import resend_unsent, set_due_weights
 from validator.window import (
     ModelNotReady,
     ValidatorContext,
@@ -125,9 +125,11 @@ def pending_windows(ctx: ValidatorContext, cfg: LoopConfig) -> list[int]:
 def run_pass(ctx: ValidatorContext, cfg: LoopConfig, limit: int | None = None) -> list[WindowReport]:
     """Score (or close) the windows that are ready, oldest first, at most ``catch_up`` of them.
 
-    First, a weight set claimed but never sent (the process died in between) is finished.
+    First, a weight set claimed but never sent (the process died in between) is finished, and
+    one due but never claimed (the chain could not be read then) is set.
     """
     resend_unsent(ctx)  # also retries a failed send, and sends a set that waited out the rate limit
+    set_due_weights(ctx)
     todo = pending_windows(ctx, cfg)
     newest = window_of(ctx.chain.block(), ctx.hp.windows) - 1  # the last closed window
     reports = []
@@ -140,7 +142,7 @@ def run_pass(ctx: ValidatorContext, cfg: LoopConfig, limit: int | None = None) -
         except ModelNotReady as exc:
             log.info("window %d waits: %s", window, exc)
             break
-        maybe_set_weights(ctx, window)
+        set_due_weights(ctx, window)
         agreement.record(ctx, window)
     return reports
 

@@ -166,6 +166,25 @@ def _refusal(ctx: ValidatorContext, uids: list[int], weights: list[float],
         return (uids, weights), ("refused", f"weights not sent: {exc}")
 
 
+def set_due_weights(ctx: ValidatorContext, window: int | None = None) -> bool:
+    """Set the weights due after ``window`` (None: the last scored window) unless already claimed.
+
+    A chain error before the claim (metagraph, hyper-parameters) is logged, not raised: the
+    window stays unclaimed and the next pass, which calls this for the last scored window
+    again, retries it. One database read when nothing is due or the set is claimed already.
+    """
+    with ctx.sessions() as s:
+        window = repo.last_scored_window(s) if window is None else window
+        if window is None or not due(window, ctx.hp.weights.set_every_windows) or weight_repo.has_weight_set(
+                s, window=window):
+            return False
+    try:
+        return maybe_set_weights(ctx, window)
+    except ChainError as exc:
+        log.warning("window %d: weights are due but the chain cannot be read (%s); retrying next pass", window, exc)
+        return False
+
+
 def maybe_set_weights(ctx: ValidatorContext, window: int) -> bool:
     """Set weights for ``window`` if due, leader and not yet claimed; True if an extrinsic was sent."""
     if not due(window, ctx.hp.weights.set_every_windows) or warming_up(ctx, window) or not ctx.is_leader():

@@ -389,3 +389,27 @@ def test_what_the_database_records_is_what_the_sdk_sends_under_a_max_weight_cap(
     # Without the fit before the claim the SDK clips 4:3:2:1 itself and sends other numbers than recorded.
     assert (params["dests"], params["weights"]) == recorded
     assert max(row.weights) <= 0.3 + 1e-9
+
+
+def test_a_due_set_the_chain_kept_from_being_claimed_is_set_on_the_next_pass(tmp_path: Path) -> None:
+    """A chain error before the claim leaves the window unclaimed; the next pass claims and sends it."""
+    net = Net(tmp_path)
+    with net.ctx.sessions() as s:
+        repo.open_window(s, window=1)
+        repo.mark_window_scored(s, window=1)
+    net.at_block(12)
+    real, calls = net.chain.metagraph, [0]
+
+    def down_once(netuid: int) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise ChainUnavailableError("node restarting")
+        return real(netuid)
+
+    net.chain.metagraph = down_once  # type: ignore[method-assign]
+    assert not setweights.set_due_weights(net.ctx)  # logged, not raised; nothing claimed
+    with net.ctx.sessions() as s:
+        assert not weight_repo.has_weight_set(s, window=1)
+    assert setweights.set_due_weights(net.ctx) and net.row().tx_status == "success"
+    assert not setweights.set_due_weights(net.ctx)  # claimed: one database read, no chain call
+    assert calls[0] == 2

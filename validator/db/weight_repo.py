@@ -176,6 +176,11 @@ def _mark_weights_set(session: Session, window: int) -> None:
     session.execute(stmt)
 
 
+def has_weight_set(session: Session, *, window: int) -> bool:
+    """Whether ``window``'s weight set is claimed (whatever its outcome)."""
+    return session.scalar(sa.select(sa.func.count()).select_from(WeightSet).where(WeightSet.window == window)) > 0
+
+
 def latest_weight_set(session: Session, *, successful_only: bool = False) -> WeightSet | None:
     """The weight set of the highest window (only successful extrinsics if asked)."""
     stmt = sa.select(WeightSet).order_by(WeightSet.window.desc()).limit(1)
