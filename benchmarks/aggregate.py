@@ -1,4 +1,4 @@
-"""Aggregate benchmark: bytes per window and a miner's apply time, today's format against the compact one.
+"""Aggregate benchmark: bytes per window, a miner's apply time and the step's rounding error, by format.
 
 Run (from the repository root)::
 
@@ -11,18 +11,22 @@ little overlap; values from a per-tensor 4-level table as the codec's 2-bit code
 size), aggregated by the validator's default rule (``selected_mean`` with per-tensor median
 clipping, ``validator.publish.outer_step``) and published as
 
-* *v1*: int64 index + fp32 value per touched coordinate (the format before this one, packed
-  here with its old code);
-* *v2*: the compact canonical code (``protocol.compact``: bitmap or Elias-Fano positions, bf16);
+* *v1*: int64 index + fp32 value per touched coordinate (packed here with its old code);
+* *v2*: bitmap or Elias-Fano positions + one bf16 per value (its size from its layout: the same
+  positions, 2 bytes per value, the same container);
+* *v3*: today's code (``protocol.compact``: the same positions, 7-bit values with one bf16 scale
+  per 64 touched values);
 * *uploads*: the sum of the peers' compressed uploads, measured by packing one real codec
   encoding at these shapes (the codec's size depends only on the shapes, so every peer's is the same);
 * *reference gather*: what the reference downloads instead, 20 bits per kept value (12-bit index +
   one byte per 2-bit code, GAUNTLET-NOTES.md) per peer.
 
 A miner's apply is timed as ``GlobalModel.step`` does it: verify and parse, apply with undo,
-then (separately, the same for both formats) the model hash. The validator's aggregation is timed
+then (separately, the same for every format) the model hash. The validator's aggregation is timed
 and its peak memory measured (VmHWM reset through /proc/self/clear_refs); the old dense path
 (a dense fp32 copy of every peer's delta) runs only with ``--small``: at 1B it needs N x 4.4 GB.
+The step's rounding error ``||q(step) - step|| / ||step||`` is measured in a second aggregation
+pass, for v3's code and for bf16 (v2), against the unrounded fp32 step.
 """
 
 from __future__ import annotations
@@ -130,6 +134,38 @@ def old_dense_aggregate(updates: list, norms: list, shapes: dict, hp) -> dict:
                      clip_to_median=hp.scoring.eval_norm == "cap")
 
 
+def step_errors(updates: list, norms: list, shapes: dict, hp) -> dict[str, float]:
+    """Relative norms of the rounding error of v3's code and of bf16, against the fp32 step, one tensor at a time."""
+    import torch
+
+    from protocol.compact import CompactTensor
+    from validator.publish import robust_aggregate
+
+    sq = {"step": 0.0, "v3": 0.0, "bf16": 0.0}
+    dropped = 0
+    for _name, combined in robust_aggregate(updates, norms, shapes, hp, statistics.median(norms), reuse_buffer=True):
+        exact = combined.mul_(hp.outer.lr).reshape(-1)
+        enc = CompactTensor.quantise_dense(exact)
+        touched = int((exact != 0).sum())
+        sq["step"] += float((exact.double() ** 2).sum())
+        sq["bf16"] += float(((exact.to(torch.bfloat16).double() - exact.double()) ** 2).sum())
+        quantised = torch.zeros_like(exact, dtype=torch.float64)
+        if enc is not None:
+            quantised[enc.indices()] = enc.values().double()
+        sq["v3"] += float(((quantised - exact.double()) ** 2).sum())
+        dropped += touched - (enc.n if enc is not None else 0)
+        del combined, exact, enc, quantised
+    return {"v3": math.sqrt(sq["v3"] / sq["step"]), "bf16": math.sqrt(sq["bf16"] / sq["step"]), "dropped": dropped}
+
+
+def layout_bytes(n: int, numel: int, values: str) -> int:
+    """Tensor bytes of ``n`` touched positions of ``numel`` with v2's (bf16) or v3's values."""
+    from protocol.compact import position_code, value_code_size
+
+    scales, codes = value_code_size(n)
+    return position_code(n, numel)[1] + (2 * n if values == "v2" else 8 + 2 * scales + codes)
+
+
 def timed(fn, *args, **kwargs):
     """``fn(*args, **kwargs)``, its wall seconds and its process CPU seconds."""
     start, cpu = time.perf_counter(), time.process_time()
@@ -143,6 +179,7 @@ def run(shape_set: str, peers: int, run_old: bool, repeat: int) -> None:
 
     from benchmarks.codec import SHAPE_SETS
     from protocol.codec import CodecConfig, encode
+    from protocol.compact import BLOCK
     from protocol.hparams import HParams
     from protocol.model import model_hash
     from protocol.sync import (
@@ -191,24 +228,32 @@ def run(shape_set: str, peers: int, run_old: bool, repeat: int) -> None:
     else:
         print(f"validator aggregation (old, dense per peer)       not run: {peers} dense copies = "
               f"{peers * params * 4 / 2**30:.1f} GiB")
-    del updates
     print(f"coordinates  sent by the peers {sent:,} ({kept:,} kept per peer by the codec), touched by the step "
           f"{touched:,} ({touched / params:.2%} of the model)")
+    err, err_s, _ = timed(step_errors, updates, norms, shapes, hp)
+    print(f"step rounding error ||q(step) - step|| / ||step||: v3 (7-bit, scale per {BLOCK}) {err['v3']:.4%}, "
+          f"bf16 (v2) {err['bf16']:.4%}; {err['dropped']} coordinates rounded to zero by v3 ({err_s:.1f} s)")
+    del updates
 
     meta = AggregateMeta(window=0, base_model_hash="0" * 64, result_model_hash="0" * 64, validator=key.ss58_address,
                          spec_version=1, peers=[f"p{i}" for i in range(peers)])
-    v2, pack_s, _ = timed(pack_aggregate, step, meta, key, shapes=shapes)
+    v3, pack_s, _ = timed(pack_aggregate, step, meta, key, shapes=shapes)
     v1 = pack_v1(step, key)
+    container = len(v3) - step.nbytes
+    v2 = container + sum(layout_bytes(t.n, t.numel, "v2") for t in step.tensors.values())  # v3's header: ~1 KB more
     del step
     gather, uploads = peers * kept * 20 / 8, peers * upload
-    print("bytes per window")
-    print(f"  v1 int64 + fp32 (today)        {len(v1):>15,}  {len(v1) / touched:5.2f} B/coordinate  1.000")
-    print(f"  v2 compact (bitmap|EF + bf16)  {len(v2):>15,}  {len(v2) / touched:5.2f} B/coordinate  "
-          f"{len(v2) / len(v1):.3f}  (packed in {pack_s:.2f} s)")
-    print(f"  sum of the compressed uploads  {uploads:>15,}  {uploads / touched:5.2f} B/coordinate  "
-          f"{uploads / len(v1):.3f}  ({upload:,} per peer, measured)")
-    print(f"  reference gather (20 bit/kept) {gather:>15,.0f}  {gather / touched:5.2f} B/coordinate  "
-          f"{gather / len(v1):.3f}")
+    print("bytes per window                                                     vs v1  vs uploads")
+    for label, size in (("v1 int64 + fp32", len(v1)), ("v2 bitmap|EF + bf16 (layout)", v2),
+                        (f"v3 bitmap|EF + 7-bit (packed {pack_s:.1f} s)", len(v3)),
+                        (f"sum of the uploads ({upload:,} each)", uploads), ("reference gather (20 bit/kept)", gather)):
+        print(f"  {label:<38} {size:>15,.0f}  {size / touched:5.2f} B/coordinate  {size / len(v1):.3f}  "
+              f"{size / uploads:.3f}")
+    print("v3 and the uploads at other peer counts (expected distinct positions per 64-stratum, from the layout):")
+    for p in (1, 2, 5, 10, 20, 40):
+        frac = 1 - (1 - 1 / 64) ** p
+        size = sum(layout_bytes(max(1, round(math.prod(s) * frac)), math.prod(s), "v3") for s in shapes.values())
+        print(f"  {p:>3} peers: v3 {size:>15,} bytes = {size / (p * upload):.3f} x the uploads")
 
     state = {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
     print(f"miner apply (load average {' '.join(f'{v:.2f}' for v in os.getloadavg())})")
@@ -216,7 +261,7 @@ def run(shape_set: str, peers: int, run_old: bool, repeat: int) -> None:
     arena = None
     runs = []
     for _ in range(repeat):
-        (_, update), parse_s, parse_cpu = timed(parse_aggregate, v2, shapes=shapes, max_bytes=1 << 34)
+        (_, update), parse_s, parse_cpu = timed(parse_aggregate, v3, shapes=shapes, max_bytes=1 << 34)
         undo: dict = {}
         start, start_cpu = time.perf_counter(), time.process_time()
         if arena is None:
@@ -225,19 +270,19 @@ def run(shape_set: str, peers: int, run_old: bool, repeat: int) -> None:
         apply_update(state, update, undo=undo, arena=arena)
         apply_s, apply_cpu = time.perf_counter() - start, time.process_time() - start_cpu
         runs.append((parse_s + apply_s, parse_s, parse_cpu, apply_s, apply_cpu))
-        after_v2 = model_hash(state)
+        after_v3 = model_hash(state)
         revert_update(state, update, undo)
         del update, undo
     for label, (total, parse_s, parse_cpu, apply_s, apply_cpu) in (("first", runs[0]), ("best ", min(runs))):
-        print(f"  v2 {label}: parse + verify {parse_s:5.2f} s (CPU {parse_cpu:.2f}), apply with undo {apply_s:5.2f} s "
+        print(f"  v3 {label}: parse + verify {parse_s:5.2f} s (CPU {parse_cpu:.2f}), apply with undo {apply_s:5.2f} s "
               f"(CPU {apply_cpu:.2f}); total {total:5.2f} s")
-    del v2, arena
+    del v3, arena
     _, v1_s, v1_cpu = timed(parse_apply_v1, v1, state, shapes, key.ss58_address)
     print(f"  v1: parse + verify + apply with undo {v1_s:5.2f} s (CPU {v1_cpu:.2f})")
     del v1
     after_v1, hash_s, _ = timed(model_hash, state)
-    print(f"  model hash (either format, not included above) {hash_s:5.2f} s; v1 and v2 results "
-          f"{'equal (the same step)' if after_v1 == after_v2 else 'DIFFER'}")
+    print(f"  model hash (either format, not included above) {hash_s:5.2f} s; v1 and v3 results "
+          f"{'equal (the same step)' if after_v1 == after_v3 else 'DIFFER'}")
     print()
 
 
@@ -245,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="tiny shapes (seconds); also runs the old dense path")
     parser.add_argument("--peers", type=int, default=20, help="peers aggregated (default: outer.max_peers, 20)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed v2 parse + apply runs (first and best shown)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed v3 parse + apply runs (first and best shown)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     parser.add_argument("--passive", action="store_true", help="set OMP_WAIT_POLICY=PASSIVE (before torch loads)")
     args = parser.parse_args(argv)

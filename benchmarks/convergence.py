@@ -13,20 +13,30 @@ reference's rule) times ``--sparse-outer-lr`` (error feedback plays the role of 
 every combination of rule x outer lr x ``--ef-beta`` is run. DiLoCo uses Nesterov outer momentum
 0.9 and each ``--diloco-outer-lr`` (0.7 in the DiLoCo paper); DP AdamW takes H steps per window
 on M x the micro-batch. ``--outer-warmup N`` ramps both outer lrs linearly over N windows.
+``--step-values`` rounds SparseLoCo's outer step as an aggregate format carries it before it is
+applied: ``fp32`` (unrounded, as before), ``bf16`` (aggregate format v2) or ``v3`` (today's 7-bit
+values with a bf16 scale per 64, ``protocol.compact.round_update``); each is run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch
+
+import testing.miner_sim as miner_sim
+from protocol.compact import round_update
 from protocol.hparams import load_hparams
 from protocol.pages import default_store
+from protocol.sync import dense_to_update
 from testing.miner_sim import SimConfig, SimResult, simulate
 
 
@@ -45,6 +55,8 @@ def main() -> None:
     ap.add_argument("--normalise", action="store_true", help="scale each miner's delta to the median norm before "
                     "combining (the validator's rule, scoring.scale)")
     ap.add_argument("--outer-warmup", type=int, default=0, help="windows of linear outer-lr warm-up")
+    ap.add_argument("--step-values", nargs="+", default=["fp32"], choices=["fp32", "bf16", "v3"],
+                    help="SparseLoCo's outer step rounded as this aggregate format carries it (each is run)")
     ap.add_argument("--diloco-outer-lr", type=float, nargs="+", default=[0.7])
     ap.add_argument("--diloco-momentum", type=float, default=0.9)
     ap.add_argument("--eval-rows", type=int, default=64)
@@ -68,10 +80,13 @@ def main() -> None:
         hp_b = hp.override(**{"codec.ef_beta": beta})
         for rule in args.sparse_rule:
             for lr in args.sparse_outer_lr:
-                name = f"sparseloco({rule},lr={lr}" + (f",beta={beta})" if len(args.ef_beta) > 1 else ")")
-                runs[name] = _run(hp_b, store, SimConfig(mode="sparseloco", outer_lr=lr, rule=rule,  # type: ignore[arg-type]
-                                                         clip_to_median=args.clip_to_median, normalise=args.normalise,
-                                                         **base))
+                for values in args.step_values:
+                    name = (f"sparseloco({rule},lr={lr}" + (f",beta={beta}" if len(args.ef_beta) > 1 else "")
+                            + (f",{values}" if len(args.step_values) > 1 else "") + ")")
+                    with _step_values(values):
+                        runs[name] = _run(hp_b, store, SimConfig(mode="sparseloco", outer_lr=lr, rule=rule,  # type: ignore[arg-type]
+                                                                 clip_to_median=args.clip_to_median,
+                                                                 normalise=args.normalise, **base))
     if not args.no_diloco:
         for lr in args.diloco_outer_lr:
             runs[f"diloco(lr={lr})"] = _run(hp, store, SimConfig(mode="diloco", outer_lr=lr,
@@ -102,6 +117,25 @@ def main() -> None:
             "runs": {k: {"heldout": r.heldout, "bytes_per_miner_window": r.bytes_per_miner_window,
                          "compress_s": r.compress_s, "train_s": r.train_s, "wall_s": r.wall_s}
                      for k, r in runs.items()}}, indent=1))
+
+
+@contextlib.contextmanager
+def _step_values(values: str) -> Iterator[None]:
+    """The simulation's outer step (``dense_to_update`` in ``testing.miner_sim``) rounded as ``values`` carries it."""
+    def rounded(dense: dict[str, torch.Tensor], lr: float = 1.0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        update = dense_to_update(dense, lr)
+        if values == "bf16":
+            return {n: (i, v.to(torch.bfloat16).to(torch.float32)) for n, (i, v) in update.items()}
+        return round_update(update)
+
+    if values == "fp32":
+        yield
+        return
+    miner_sim.dense_to_update = rounded  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        miner_sim.dense_to_update = dense_to_update
 
 
 def _run(hp, store, cfg: SimConfig) -> SimResult:
