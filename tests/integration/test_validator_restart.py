@@ -142,6 +142,9 @@ def test_kill_9_mid_window_then_restart(tmp_path: Path, pg_schema_url: str) -> N
     assert {r for w, _hk, _st, r, _d in reasons if w == scored[0] + 1} == {"replay"}
     for m in miners:  # state equals the last receipt: no window applied twice
         assert peers[m.hotkey] == pytest.approx(last_bma[m.hotkey])
-    synced = sync_global_model(None, scored[-1] + 1, hp=HP, storage=vstore, owner=wallet.hotkey.ss58_address)
-    assert synced.window == scored[-1] + 1  # the published chain of aggregates has no hole
+    # The published chain of aggregates has no hole: theta of the last scored window is reached
+    # through the crashed window's aggregate. (theta_{last + 1} is decided only at window last's
+    # publish deadline, which the process, stopping after --windows, may not wait for.)
+    synced = sync_global_model(None, scored[-1], hp=HP, storage=vstore, owner=wallet.hotkey.ss58_address)
+    assert synced.window == scored[-1] > first_window
     shutil.rmtree(tmp_path / "home", ignore_errors=True)
