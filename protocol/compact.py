@@ -259,27 +259,56 @@ def _pack_codes(fields: np.ndarray) -> np.ndarray:
     return b.reshape(-1)[: value_code_size(n)[1]].copy()
 
 
-def _unpack_codes(stream: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """The 7-bit fields ``[start, stop)`` of a packed stream, uint8."""
-    g0, g1 = start // 8, _ceil_div(stop, 8)
-    raw = stream[7 * g0 : 7 * g1]
-    if raw.size < 7 * (g1 - g0):  # the stream's last group is short
-        raw = np.concatenate([raw, np.zeros(7 * (g1 - g0) - raw.size, dtype=np.uint8)])
-    b = raw.reshape(-1, 7)
-    out = np.empty((g1 - g0, 8), dtype=np.uint8)
-    np.bitwise_and(b[:, 0], 0x7F, out=out[:, 0])
-    for j in range(1, 7):  # field j: byte j-1's top j bits, then byte j's low 7 - j bits
-        np.bitwise_or(b[:, j - 1] >> (8 - j), (b[:, j] << j) & 0x7F, out=out[:, j])
-    np.right_shift(b[:, 6], 1, out=out[:, 7])
-    return out.reshape(-1)[start - 8 * g0 : stop - 8 * g0]
+class _Codes:
+    """One tensor's packed codes, decoded a range of whole blocks at a time into reused scratch.
+
+    Applying a 1B aggregate decodes ~300M values in ~10^4 pieces; fresh arrays for every piece
+    would be mapped and page-faulted in each time (glibc maps large allocations), so each piece
+    reuses the same buffers. A block is 64 values in 56 bytes, so pieces start on a byte.
+    """
+
+    def __init__(self, codes: np.ndarray, most: int) -> None:
+        self.codes = codes
+        groups = (_ceil_div(most, BLOCK) + 1) * (BLOCK // 8)  # 8 values in 7 bytes per group
+        self._short = np.zeros((groups, 7), dtype=np.uint8)
+        self._fields = np.empty((groups, 8), dtype=np.uint8)
+        self._tmp = np.empty(groups, dtype=np.uint8)
+        self._values = np.empty(groups * 8, dtype=np.float32)
+
+    def fields(self, b0: int, b1: int) -> np.ndarray:
+        """The 7-bit fields of blocks ``[b0, b1)``, uint8; those past the stream's end are zero."""
+        groups = (b1 - b0) * (BLOCK // 8)
+        raw = self.codes[7 * 8 * b0 : 7 * 8 * b1]
+        if raw.size < 7 * groups:  # the last block is short
+            b = self._short[:groups]
+            b.reshape(-1)[: raw.size] = raw
+            b.reshape(-1)[raw.size :] = 0
+        else:
+            b = raw.reshape(groups, 7)
+        out, tmp = self._fields[:groups], self._tmp[:groups]
+        np.bitwise_and(b[:, 0], 0x7F, out=out[:, 0])
+        for j in range(1, 7):  # field j: byte j-1's top j bits, then byte j's low 7 - j bits
+            np.left_shift(b[:, j], j, out=tmp)
+            np.bitwise_and(tmp, 0x7F, out=tmp)
+            np.right_shift(b[:, j - 1], 8 - j, out=out[:, j])
+            np.bitwise_or(out[:, j], tmp, out=out[:, j])
+        np.right_shift(b[:, 6], 1, out=out[:, 7])
+        return out.reshape(-1)
+
+    def values(self, scales: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """fp32 values ``[start, stop)`` of checked codes with fp32 ``scales``: exactly +-m x scale (scratch)."""
+        b0, b1 = start // BLOCK, _ceil_div(stop, BLOCK)
+        fields = self.fields(b0, b1)
+        out = self._values[: fields.size]
+        np.take(_LUT, fields, out=out)
+        blocks = out.reshape(-1, BLOCK)
+        np.multiply(blocks, scales[b0:b1, None], out=blocks)
+        return out[start - BLOCK * b0 : stop - BLOCK * b0]
 
 
-def _decode_values(codes: np.ndarray, scales: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """fp32 values ``[start, stop)`` of checked codes and their fp32 ``scales``: exactly +-m x scale."""
-    out = np.take(_LUT, _unpack_codes(codes, start, stop))
-    b0 = start // BLOCK
-    out *= np.repeat(scales[b0 : _ceil_div(stop, BLOCK)], BLOCK)[start - b0 * BLOCK : stop - b0 * BLOCK]
-    return out
+def _decode_values(codes: np.ndarray, scales: np.ndarray, n: int) -> np.ndarray:
+    """All ``n`` fp32 values, in a fresh array."""
+    return _Codes(codes, n).values(scales, 0, n)
 
 
 def quantise_values(values: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -323,13 +352,12 @@ def _check_codes(codes: Tensor, n: int) -> None:
     """Zero padding, and a magnitude of 64 (field bits 0-5 all set) in every block."""
     if not _padding_clear(codes, CODE_BITS * n):
         raise CompactError("padding_bits_set")
-    stream = _np(codes)
-    for start in range(0, n, _CHECK_VALUES):
-        mags = _unpack_codes(stream, start, min(n, start + _CHECK_VALUES))
+    step = _CHECK_VALUES // BLOCK
+    dec, blocks = _Codes(_np(codes), _CHECK_VALUES), _ceil_div(n, BLOCK)
+    for b0 in range(0, blocks, step):
+        mags = dec.fields(b0, min(blocks, b0 + step))  # past n: zero, so a short block's maximum is its own
         np.bitwise_and(mags, QMAX - 1, out=mags)
-        full = mags.size // BLOCK * BLOCK
-        if (full and int(mags[:full].reshape(-1, BLOCK).max(axis=1).min()) != QMAX - 1) or (
-                full < mags.size and int(mags[full:].max()) != QMAX - 1):
+        if int(mags.reshape(-1, BLOCK).max(axis=1).min()) != QMAX - 1:
             raise CompactError("scale_not_canonical")  # a block without m = 64: another scale codes it too
 
 
@@ -364,7 +392,7 @@ class CompactTensor:
 
     def values(self) -> Tensor:
         """The fp32 values, in position order (exact: see the module docstring)."""
-        return torch.from_numpy(_decode_values(_np(self.codes), _np(self.scales.to(torch.float32)), 0, self.n))
+        return torch.from_numpy(_decode_values(_np(self.codes), _np(self.scales.to(torch.float32)), self.n))
 
     @torch.no_grad()
     def subtract_from(self, flat: Tensor, undo: Tensor | None = None) -> None:
@@ -378,7 +406,7 @@ class CompactTensor:
         done = 0
         target = flat.detach().numpy()  # numpy's take/put index 10-30% faster than torch's on CPU; same IEEE subtraction
         kept = undo.detach().numpy() if undo is not None else None
-        codes, scales = _np(self.codes), _np(self.scales.to(torch.float32))
+        codes, scales = _Codes(_np(self.codes), 8 * _BLOCK_BYTES), _np(self.scales.to(torch.float32))
         if self.code == BITMAP:
             stream = _np(self.positions)
             for start in range(0, stream.size, _BLOCK_BYTES):
@@ -458,13 +486,14 @@ class CompactTensor:
         return cls(numel, n, positions, scales, codes)
 
 
-def _subtract_block(flat: np.ndarray, idx: np.ndarray, done: int, undo: np.ndarray | None, codes: np.ndarray,
+def _subtract_block(flat: np.ndarray, idx: np.ndarray, done: int, undo: np.ndarray | None, codes: _Codes,
                     scales: np.ndarray) -> int:
     end = done + idx.size
     if end == done:
         return done
     old = np.take(flat, idx, out=undo[done:end]) if undo is not None else flat[idx]
-    flat[idx] = old - _decode_values(codes, scales, done, end)
+    values = codes.values(scales, done, end)
+    flat[idx] = np.subtract(old, values, out=values)
     return end
 
 
@@ -535,7 +564,7 @@ def round_update(update: Mapping[str, tuple[Tensor, Tensor]]) -> dict[str, tuple
         except ValueError as exc:
             raise ValueError(f"{name}: {exc}") from None
         out[name] = (idx.contiguous(),
-                     torch.from_numpy(_decode_values(_np(codes), _np(scales.to(torch.float32)), 0, values.numel())))
+                     torch.from_numpy(_decode_values(_np(codes), _np(scales.to(torch.float32)), values.numel())))
     return out
 
 
