@@ -146,15 +146,16 @@ def step_errors(updates: list, norms: list, shapes: dict, hp) -> dict[str, float
     for _name, combined in robust_aggregate(updates, norms, shapes, hp, statistics.median(norms), reuse_buffer=True):
         exact = combined.mul_(hp.outer.lr).reshape(-1)
         enc = CompactTensor.quantise_dense(exact)
-        touched = int((exact != 0).sum())
-        sq["step"] += float((exact.double() ** 2).sum())
-        sq["bf16"] += float(((exact.to(torch.bfloat16).double() - exact.double()) ** 2).sum())
-        quantised = torch.zeros_like(exact, dtype=torch.float64)
-        if enc is not None:
-            quantised[enc.indices()] = enc.values().double()
-        sq["v3"] += float(((quantised - exact.double()) ** 2).sum())
-        dropped += touched - (enc.n if enc is not None else 0)
-        del combined, exact, enc, quantised
+        x = exact[exact != 0].double()
+        sq["step"] += float((x**2).sum())
+        sq["bf16"] += float(((x.to(torch.bfloat16).double() - x) ** 2).sum())
+        if enc is not None:  # error at the coordinates v3 keeps, plus the whole of those it drops
+            kept = exact[enc.indices()].double()
+            sq["v3"] += float(((enc.values().double() - kept) ** 2).sum()) + float((x**2).sum() - (kept**2).sum())
+        else:
+            sq["v3"] += float((x**2).sum())
+        dropped += x.numel() - (enc.n if enc is not None else 0)
+        del combined, exact, enc, x
     return {"v3": math.sqrt(sq["v3"] / sq["step"]), "bf16": math.sqrt(sq["bf16"] / sq["step"]), "dropped": dropped}
 
 
