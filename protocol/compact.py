@@ -87,7 +87,7 @@ _FLOOR = 2.0**-100  # values below this round to zero: scales stay normal bf16 n
 _SCALE_MIN = 0x0080  # bf16 bits of 2**-126, the smallest normal number
 _SCALE_MAX = 0x717F  # bf16 bits of the largest number below 2**100
 _BLOCK_BYTES = 1 << 14  # bitmap bytes per block of subtract_from: 131,072 coordinates
-_CHECK_VALUES = 1 << 16  # values per piece of the code check (a multiple of BLOCK and of 8)
+_WINDOW = 1 << 18  # values decoded at once (1 MB of fp32): per-call costs amortised, still cache-sized
 _LUT = np.array([(f & 63) + 1 if f < 64 else -((f & 63) + 1) for f in range(128)], dtype=np.float32)
 
 
@@ -260,50 +260,60 @@ def _pack_codes(fields: np.ndarray) -> np.ndarray:
 
 
 class _Codes:
-    """One tensor's packed codes, decoded a range of whole blocks at a time into reused scratch.
+    """One tensor's packed codes, decoded a window of whole blocks at a time into reused scratch.
 
-    Applying a 1B aggregate decodes ~300M values in ~10^4 pieces; fresh arrays for every piece
-    would be mapped and page-faulted in each time (glibc maps large allocations), so each piece
-    reuses the same buffers. A block is 64 values in 56 bytes, so pieces start on a byte.
+    Applying a 1B aggregate decodes ~300M values; decoding each position block's values alone
+    (~35K) would pay numpy's per-call cost 10^4 times, and fresh arrays would be mapped and
+    page-faulted in each time (glibc maps large allocations). So values are decoded ``most`` at
+    a time (cache-sized) into the same buffers and handed out in order. A block is 64 values
+    in 56 bytes, so windows start on a byte.
     """
 
     def __init__(self, codes: np.ndarray, most: int) -> None:
         self.codes = codes
-        groups = (_ceil_div(most, BLOCK) + 1) * (BLOCK // 8)  # 8 values in 7 bytes per group
-        self._short = np.zeros((groups, 7), dtype=np.uint8)
+        self._blocks = _ceil_div(most, BLOCK) + 1  # any `most` consecutive values lie in this many blocks
+        groups = self._blocks * (BLOCK // 8)  # 8 values in 7 bytes per group
+        self._short = np.zeros(7 * groups, dtype=np.uint8)
         self._fields = np.empty((groups, 8), dtype=np.uint8)
-        self._tmp = np.empty(groups, dtype=np.uint8)
+        self._pair = np.empty(groups, dtype=np.uint16)
         self._values = np.empty(groups * 8, dtype=np.float32)
+        self._window = (0, 0)  # the values [a, b) now in _values
 
     def fields(self, b0: int, b1: int) -> np.ndarray:
         """The 7-bit fields of blocks ``[b0, b1)``, uint8; those past the stream's end are zero."""
         groups = (b1 - b0) * (BLOCK // 8)
         raw = self.codes[7 * 8 * b0 : 7 * 8 * b1]
         if raw.size < 7 * groups:  # the last block is short
-            b = self._short[:groups]
-            b.reshape(-1)[: raw.size] = raw
-            b.reshape(-1)[raw.size :] = 0
-        else:
-            b = raw.reshape(groups, 7)
-        out, tmp = self._fields[:groups], self._tmp[:groups]
-        np.bitwise_and(b[:, 0], 0x7F, out=out[:, 0])
-        for j in range(1, 7):  # field j: byte j-1's top j bits, then byte j's low 7 - j bits
-            np.left_shift(b[:, j], j, out=tmp)
-            np.bitwise_and(tmp, 0x7F, out=tmp)
-            np.right_shift(b[:, j - 1], 8 - j, out=out[:, j])
-            np.bitwise_or(out[:, j], tmp, out=out[:, j])
-        np.right_shift(b[:, 6], 1, out=out[:, 7])
+            short = self._short[: 7 * groups]
+            short[: raw.size] = raw
+            short[raw.size :] = 0
+            raw = short
+        out, pair = self._fields[:groups], self._pair[:groups]
+        np.bitwise_and(raw[0::7], 0x7F, out=out[:, 0])
+        for j in range(1, 7):  # field j: bits 8 - j .. 14 - j of the little-endian pair of bytes j-1, j
+            both = np.ndarray((groups,), dtype="<u2", buffer=raw, offset=j - 1, strides=(7,))
+            np.right_shift(both, 8 - j, out=pair)
+            np.bitwise_and(pair, 0x7F, out=out[:, j], casting="unsafe")
+        np.right_shift(raw[6::7], 1, out=out[:, 7])
         return out.reshape(-1)
 
     def values(self, scales: np.ndarray, start: int, stop: int) -> np.ndarray:
-        """fp32 values ``[start, stop)`` of checked codes with fp32 ``scales``: exactly +-m x scale (scratch)."""
-        b0, b1 = start // BLOCK, _ceil_div(stop, BLOCK)
-        fields = self.fields(b0, b1)
-        out = self._values[: fields.size]
-        np.take(_LUT, fields, out=out)
-        blocks = out.reshape(-1, BLOCK)
-        np.multiply(blocks, scales[b0:b1, None], out=blocks)
-        return out[start - BLOCK * b0 : stop - BLOCK * b0]
+        """fp32 values ``[start, stop)`` (at most ``most``) of checked codes: exactly +-m x scale.
+
+        A view of the scratch: ranges are asked for in increasing order, and the caller may
+        overwrite what it was handed.
+        """
+        a, b = self._window
+        if not (a <= start and stop <= b):
+            b0 = start // BLOCK
+            b1 = min(scales.size, b0 + self._blocks)
+            fields = self.fields(b0, b1)
+            out = self._values[: fields.size]
+            np.take(_LUT, fields, out=out)
+            blocks = out.reshape(-1, BLOCK)
+            np.multiply(blocks, scales[b0:b1, None], out=blocks)
+            a, b = self._window = BLOCK * b0, BLOCK * b1
+        return self._values[start - a : stop - a]
 
 
 def _decode_values(codes: np.ndarray, scales: np.ndarray, n: int) -> np.ndarray:
@@ -352,8 +362,8 @@ def _check_codes(codes: Tensor, n: int) -> None:
     """Zero padding, and a magnitude of 64 (field bits 0-5 all set) in every block."""
     if not _padding_clear(codes, CODE_BITS * n):
         raise CompactError("padding_bits_set")
-    step = _CHECK_VALUES // BLOCK
-    dec, blocks = _Codes(_np(codes), _CHECK_VALUES), _ceil_div(n, BLOCK)
+    step = _WINDOW // BLOCK
+    dec, blocks = _Codes(_np(codes), _WINDOW), _ceil_div(n, BLOCK)
     for b0 in range(0, blocks, step):
         mags = dec.fields(b0, min(blocks, b0 + step))  # past n: zero, so a short block's maximum is its own
         np.bitwise_and(mags, QMAX - 1, out=mags)
@@ -406,7 +416,7 @@ class CompactTensor:
         done = 0
         target = flat.detach().numpy()  # numpy's take/put index 10-30% faster than torch's on CPU; same IEEE subtraction
         kept = undo.detach().numpy() if undo is not None else None
-        codes, scales = _Codes(_np(self.codes), 8 * _BLOCK_BYTES), _np(self.scales.to(torch.float32))
+        codes, scales = _Codes(_np(self.codes), _WINDOW), _np(self.scales.to(torch.float32))  # _WINDOW >= a block
         if self.code == BITMAP:
             stream = _np(self.positions)
             for start in range(0, stream.size, _BLOCK_BYTES):
