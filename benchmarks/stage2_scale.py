@@ -5,6 +5,7 @@ lands here too)::
 
     python -m benchmarks.stage2_scale --preset small --peers 8,32,128          # this 2-core CPU box
     python -m benchmarks.stage2_scale --device cuda --dtype bf16 --preset 1b --peers 256 --timed 64
+    python -m benchmarks.stage2_scale --preset 1b --peers 8,32,128 --rss-only --clone-uploads  # memory at 1B here
 
 Each peer count runs in a fresh process so its peak RSS (``ru_maxrss``) is its own. A child
 builds the preset with the seeded init, makes ``N`` peers' uploads with the real codec (a random
@@ -70,12 +71,16 @@ def _child(args: argparse.Namespace, peers: int) -> dict[str, float]:
     pages = RandomPages(num_pages=4 * args.eval_pages + 8, page_seqs=args.page_seqs, seq_len=args.seq_len,
                         vocab=cfg.vocab_size)
     rss0 = _current_rss()
-    held, compressed = [], 0
+    held, compressed, first = [], 0, None
     for i in range(peers):
-        g = torch.Generator().manual_seed(i)
-        delta = {n: torch.randn(s, generator=g) * 1e-3 for n, s in shapes.items()}
-        enc = encode(delta, codec)
-        del delta
+        if args.clone_uploads and first is not None:
+            enc = _cloned(first, torch.Generator().manual_seed(i))
+        else:
+            g = torch.Generator().manual_seed(i)
+            delta = {n: torch.randn(s, generator=g) * 1e-3 for n, s in shapes.items()}
+            enc = encode(delta, codec)
+            del delta
+            first = first if first is not None else enc
         compressed += sum(e.idx.numel() + e.codes.numel() + 4 * e.lut.numel() for e in enc.values())
         d = decode_upload(enc, shapes, codec)
         if args.hold == "decoded":  # what a validator held per peer before uploads were kept compressed
@@ -83,7 +88,13 @@ def _child(args: argparse.Namespace, peers: int) -> dict[str, float]:
             d = Decoded(d.load_update(), idx, val, d.norm)
         held.append(d)
         del enc
+    first = None
     rss_held = _current_rss()
+    if args.rss_only:
+        return {"peers": peers, "timed": 0, "peers_per_s": float("nan"), "rss_base": rss0, "rss_held": rss_held,
+                "rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "compressed_per_peer": compressed / peers, "gpu_peak": 0,
+                "params": sum(int(torch.Size(s).numel()) for s in shapes.values())}
     random_ids = list(range(args.eval_pages))
     ev = WindowEvaluator(module, pages, random_ids, compute)
     timed = min(peers, args.timed or peers)
@@ -104,6 +115,21 @@ def _child(args: argparse.Namespace, peers: int) -> dict[str, float]:
             "params": sum(int(torch.Size(s).numel()) for s in shapes.values())}
 
 
+def _cloned(enc: dict, g: object) -> dict:
+    """Another peer's upload at the cost of a copy: the first's positions, fresh random 2-bit codes.
+
+    The same sizes in distinct memory, so what a validator holds per peer is measured as with real
+    uploads; making 128 real 1B uploads with the codec takes ~20 min on two cores.
+    """
+    import torch
+
+    from protocol.codec import EncodedTensor
+
+    return {n: EncodedTensor(e.shape, e.idx.clone(), torch.randint(0, 256, e.codes.shape, dtype=torch.uint8,
+                                                                    generator=g), e.lut.clone())
+            for n, e in enc.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -118,6 +144,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each child (0: torch's default)")
     ap.add_argument("--compare-decoded", action="store_true",
                     help="also measure RSS holding every peer decoded (the old representation), no timing")
+    ap.add_argument("--clone-uploads", action="store_true",
+                    help="make the first upload with the codec, the others as copies with random codes (fast at 1b)")
+    ap.add_argument("--rss-only", action="store_true", help="measure memory only: no evaluation, no timing")
     ap.add_argument("--hold", default="compressed", help=argparse.SUPPRESS)
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -137,8 +166,10 @@ def main() -> None:
         r = _run(args, n)
         rows.append(r)
         total = r["peers"] / r["peers_per_s"]
-        print(f"  {n:>4} peers: {r['peers_per_s']:8.2f} peers/s (over {r['timed']}), all {n}: {total:8.1f} s = "
-              f"{100 * total / args.window_s:6.1f} % of a {args.window_s / 60:.0f}-min window; RSS holding them "
+        timing = ("not timed (--rss-only)" if args.rss_only else
+                  f"{r['peers_per_s']:8.2f} peers/s (over {r['timed']}), all {n}: {total:8.1f} s = "
+                  f"{100 * total / args.window_s:6.1f} % of a {args.window_s / 60:.0f}-min window")
+        print(f"  {n:>4} peers: {timing}; RSS holding them "
               f"{r['rss_held'] / 2**20:6.0f} MiB (model alone {r['rss_base'] / 2**20:.0f}, peak "
               f"{r['rss_peak'] / 2**20:.0f}), compressed upload "
               f"{r['compressed_per_peer'] / 2**20:.2f} MiB" + (f", GPU peak {r['gpu_peak'] / 2**30:.1f} GiB"
