@@ -13,7 +13,7 @@ clipping, ``validator.publish.outer_step``) and published as
 
 * *v1*: int64 index + fp32 value per touched coordinate (packed here with its old code);
 * *v2*: bitmap or Elias-Fano positions + one bf16 per value (its size from its layout: the same
-  positions, 2 bytes per value, the same container);
+  positions, 2 bytes per value, v3's container);
 * *v3*: today's code (``protocol.compact``: the same positions, 7-bit values with one bf16 scale
   per 64 touched values);
 * *uploads*: the sum of the peers' compressed uploads, measured by packing one real codec
@@ -241,7 +241,7 @@ def run(shape_set: str, peers: int, run_old: bool, repeat: int) -> None:
     v3, pack_s, _ = timed(pack_aggregate, step, meta, key, shapes=shapes)
     v1 = pack_v1(step, key)
     container = len(v3) - step.nbytes
-    v2 = container + sum(layout_bytes(t.n, t.numel, "v2") for t in step.tensors.values())  # v3's header: ~1 KB more
+    v2 = container + sum(layout_bytes(t.n, t.numel, "v2") for t in step.tensors.values())  # v3's header: 35 KB more at 1B
     del step
     gather, uploads = peers * kept * 20 / 8, peers * upload
     print("bytes per window                                                     vs v1  vs uploads")
