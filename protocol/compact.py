@@ -239,8 +239,9 @@ def _check_positions(stream: Tensor, n: int, numel: int) -> None:
 
 # ----------------------------------------------------------------------------- values
 #
-# The 7-bit fields are packed and unpacked eight at a time, seven bytes each, with uint8
-# operations on the byte columns (~2 ns per value): no bit array, no wider words.
+# The 7-bit fields are packed eight at a time, seven bytes each, with uint8 operations on the
+# byte columns, and unpacked through strided little-endian uint16 views of byte pairs (about
+# 1 ns per value, half the cost of uint8 columns): no bit array is ever made.
 
 
 def value_code_size(n: int) -> tuple[int, int]:
