@@ -126,7 +126,7 @@ def run_pass(ctx: ValidatorContext, cfg: LoopConfig, limit: int | None = None) -
     """Score (or close) the windows that are ready, oldest first, at most ``catch_up`` of them.
 
     First, a weight set claimed but never sent (the process died in between) is finished, and
-    one due but never claimed (the chain could not be read then) is set.
+    one due but not claimed because the chain could not be read then is set.
     """
     resend_unsent(ctx)  # also retries a failed send, and sends a set that waited out the rate limit
     set_due_weights(ctx)

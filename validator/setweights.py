@@ -167,22 +167,30 @@ def _refusal(ctx: ValidatorContext, uids: list[int], weights: list[float],
 
 
 def set_due_weights(ctx: ValidatorContext, window: int | None = None) -> bool:
-    """Set the weights due after ``window`` (None: the last scored window) unless already claimed.
+    """Set the weights due after ``window``; None: retry the window a chain error kept unclaimed.
 
-    A chain error before the claim (metagraph, hyper-parameters) is logged, not raised: the
-    window stays unclaimed and the next pass, which calls this for the last scored window
-    again, retries it. One database read when nothing is due or the set is claimed already.
+    A chain error before the claim (metagraph, hyper-parameters) is logged, not raised, and the
+    window is kept in ``ctx.carry.weights_due``; the next pass calls this with None and tries it
+    again, until it is claimed, decided against (nothing to pay yet) or superseded by a later
+    window. Nothing is read from the chain when there is nothing to retry.
     """
-    with ctx.sessions() as s:
-        window = repo.last_scored_window(s) if window is None else window
-        if window is None or not due(window, ctx.hp.weights.set_every_windows) or weight_repo.has_weight_set(
-                s, window=window):
+    carry = ctx.carry
+    if window is None:
+        window = carry.weights_due
+        if window is None:
             return False
+        with ctx.sessions() as s:
+            if weight_repo.has_weight_set(s, window=window):
+                carry.weights_due = None
+                return False
     try:
-        return maybe_set_weights(ctx, window)
+        sent = maybe_set_weights(ctx, window)
     except ChainError as exc:
         log.warning("window %d: weights are due but the chain cannot be read (%s); retrying next pass", window, exc)
+        carry.weights_due = window
         return False
+    carry.weights_due = None
+    return sent
 
 
 def maybe_set_weights(ctx: ValidatorContext, window: int) -> bool:

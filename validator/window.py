@@ -58,6 +58,7 @@ class Carry:
     recent_hashes: dict[str, int] = field(default_factory=dict)  # model hash -> window of that theta
     history: SketchHistory | None = None  # copy sketches of earlier windows' uploads
     follow_recorded: tuple[object, ...] = ()  # the follow status last written to the database
+    weights_due: int | None = None  # a window whose due weight set a chain error kept unclaimed
 
 
 @dataclass(frozen=True)

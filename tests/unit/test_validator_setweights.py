@@ -407,9 +407,11 @@ def test_a_due_set_the_chain_kept_from_being_claimed_is_set_on_the_next_pass(tmp
         return real(netuid)
 
     net.chain.metagraph = down_once  # type: ignore[method-assign]
-    assert not setweights.set_due_weights(net.ctx)  # logged, not raised; nothing claimed
+    assert not setweights.set_due_weights(net.ctx)  # nothing to retry: no chain read
+    assert not setweights.set_due_weights(net.ctx, 1)  # logged, not raised; nothing claimed
     with net.ctx.sessions() as s:
         assert not weight_repo.has_weight_set(s, window=1)
-    assert setweights.set_due_weights(net.ctx) and net.row().tx_status == "success"
-    assert not setweights.set_due_weights(net.ctx)  # claimed: one database read, no chain call
+    assert net.ctx.carry.weights_due == 1
+    assert setweights.set_due_weights(net.ctx) and net.row().tx_status == "success"  # the next pass
+    assert net.ctx.carry.weights_due is None and not setweights.set_due_weights(net.ctx)
     assert calls[0] == 2
