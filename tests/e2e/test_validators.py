@@ -87,7 +87,7 @@ def _check_validators_not_scored(dbs: dict[str, Any], validators: dict[str, Any]
 @pytest.mark.timeout(900)
 def test_three_validators_one_model_and_agreeing_weights(tmp_path: Path) -> None:
     run_dir, port = tmp_path / "run", _free_port()
-    # 40 s windows: three validators share two cores; with a Stage-2 budget of a third of a 30 s
+    # 40 s windows: three validators share two cores; with a Stage-2 budget of half a 30 s
     # window one of them could leave an honest miner unevaluated in the first window, and its weights
     # then differ from the others' in that epoch.
     proc = _start(run_dir, port, "--windows", "8", "--validators", "3", "--late-validator", "2",
