@@ -45,12 +45,6 @@ from scoring.filters import Rejection, check_timing
 
 log = logging.getLogger(__name__)
 
-#: Reason codes of a failed collection (``scoring.filters.Rejection`` members).
-TIMEOUT = Rejection.TIMEOUT
-BAD_URL = Rejection.BAD_STORAGE_URL
-UNAVAILABLE = Rejection.STORAGE_UNAVAILABLE
-TOO_LARGE = Rejection.TOO_LARGE
-
 
 @dataclass(frozen=True, slots=True)
 class WindowTimes:
@@ -103,12 +97,12 @@ class StorageCache:
 def _failure(exc: BaseException) -> tuple[Rejection, str]:
     """(reason, fixed receipt detail) of a failed read; see the module docstring."""
     if isinstance(exc, StorageRefused):
-        return BAD_URL, exc.category
+        return Rejection.BAD_STORAGE_URL, exc.category
     if isinstance(exc, ObjectNotFound):
         return Rejection.MISSING, failure_category(exc)
     if isinstance(exc, ObjectTooLarge):
-        return TOO_LARGE, failure_category(exc)
-    return UNAVAILABLE, failure_category(exc)
+        return Rejection.TOO_LARGE, failure_category(exc)
+    return Rejection.STORAGE_UNAVAILABLE, failure_category(exc)
 
 
 def _read_one(
@@ -177,13 +171,13 @@ def collect_window(
     for fut in pending:  # a slow or hostile store: give up on it, never wait for its thread
         peer = futures[fut]
         fut.cancel()
-        peers[peer.hotkey] = Collected(peer.hotkey, peer.uid, peer.url, reason=TIMEOUT,
+        peers[peer.hotkey] = Collected(peer.hotkey, peer.uid, peer.url, reason=Rejection.TIMEOUT,
                                        detail=f"no answer within {per_peer_timeout_s}s")
     for fut in done:
         if fut.exception() is not None:  # _read_one catches storage errors; this is a bug guard
             peer = futures[fut]
             log.error("window %d: reading %s's store failed: %r", window, peer.hotkey, fut.exception())
-            peers[peer.hotkey] = Collected(peer.hotkey, peer.uid, peer.url, reason=UNAVAILABLE,
+            peers[peer.hotkey] = Collected(peer.hotkey, peer.uid, peer.url, reason=Rejection.STORAGE_UNAVAILABLE,
                                            detail=STORE_ERROR)
     pool.shutdown(wait=False, cancel_futures=True)
     if pending:

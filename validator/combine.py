@@ -30,17 +30,14 @@ from dataclasses import dataclass, field
 from protocol.hparams import HParams
 from scoring.filters import Rejection
 from scoring.final import PeerState, Verdict
-from validator.collect import TIMEOUT, UNAVAILABLE
 from validator.evaluate import EvalResult
 from validator.stage1 import Stage1Result
 
-#: An accepted peer whose evaluation failed on the validator's side (not the peer's fault).
-EVAL_FAILED = Rejection.EVALUATION_FAILED
 COPY_REASONS = frozenset({Rejection.COPY, Rejection.REPLAY})
 #: Reasons judged like an absent upload. ``foreign`` and ``wrong_window`` are here because the
 #: bytes were not signed by this hotkey for this window: anyone with write access to the
 #: miner's store could have planted them over its real upload (``scoring.filters.Rejection``).
-MISSING_REASONS = frozenset({Rejection.MISSING, TIMEOUT, UNAVAILABLE, Rejection.FOREIGN,
+MISSING_REASONS = frozenset({Rejection.MISSING, Rejection.TIMEOUT, Rejection.STORAGE_UNAVAILABLE, Rejection.FOREIGN,
                              Rejection.WRONG_WINDOW})
 
 
@@ -70,10 +67,6 @@ class WindowScores:
         ok.sort(key=lambda e: (-e[1].state.score, -(e[1].contribution or 0.0), e[0]))
         return [hk for hk, _ in ok[:limit]]
 
-    @property
-    def states(self) -> dict[str, PeerState]:
-        return {hk: p.state for hk, p in self.peers.items()}
-
 
 def _verdict(window: int, reason: Rejection) -> Verdict:
     """The ``scoring.final.Verdict`` of a peer that was not evaluated."""
@@ -85,7 +78,7 @@ def _verdict(window: int, reason: Rejection) -> Verdict:
         return Verdict.out_of_sync(window)
     if reason in COPY_REASONS:
         return Verdict.copy(window, reason)
-    if reason == EVAL_FAILED:
+    if reason == Rejection.EVALUATION_FAILED:  # the validator's failure, not the peer's
         return Verdict.inactive(window)
     return Verdict.invalid(window, reason)
 
@@ -153,7 +146,7 @@ def combine_window(
             verdict = Verdict.unevaluated(window)
             status = "unevaluated"
         else:
-            reason = rej.reason if rej is not None else (Rejection.NOT_FINITE if hk in broken else EVAL_FAILED)
+            reason = rej.reason if rej is not None else (Rejection.NOT_FINITE if hk in broken else Rejection.EVALUATION_FAILED)
             verdict = _verdict(window, reason)
             status = "missing" if reason == Rejection.MISSING else "rejected"
         out.peers[hk] = PeerOutcome(uid, status, fin.apply_penalties(p, verdict, sp), contributions.get(hk),

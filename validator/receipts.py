@@ -24,7 +24,7 @@ from typing import Any
 from protocol.hparams import HParams
 from scoring.filters import Rejection
 from scoring.final import PeerState
-from validator.combine import EVAL_FAILED, PeerOutcome, WindowScores
+from validator.combine import PeerOutcome, WindowScores
 from validator.db.models import Evaluation
 from validator.evaluate import EvalResult
 from validator.stage1 import Candidate, Rejected, Stage1Result
@@ -134,6 +134,6 @@ def build_receipts(
         elif out.status == "unevaluated":
             r.details["unevaluated"] = "the window's Stage-2 time budget ran out first (validator.stage2)"
         elif hk in s1.accepted and hk not in results:
-            r.reject_reason = EVAL_FAILED
+            r.reject_reason = Rejection.EVALUATION_FAILED
         receipts.append(r)
     return receipts

@@ -117,10 +117,15 @@ def warming_up(ctx: ValidatorContext, window: int) -> bool:
     return True
 
 
+def _weight_period(hp: HParams) -> int:
+    """Blocks between two due weight sets."""
+    return hp.weights.set_every_windows * hp.windows.blocks_per_window
+
+
 def schedule_warnings(hp: HParams, params: SubnetParams) -> list[str]:
     """What in the weight schedule does not fit the subnet (the module docstring says what to do)."""
     every, bpw = hp.weights.set_every_windows, hp.windows.blocks_per_window
-    period, out = every * bpw, []
+    period, out = _weight_period(hp), []
     if period < params.weights_rate_limit:
         out.append(f"weights are due every {period} blocks (weights.set_every_windows {every} x {bpw}) but subnet "
                    f"{params.netuid} accepts one set per {params.weights_rate_limit} blocks (weights_rate_limit): "
@@ -142,7 +147,7 @@ def _check_schedule_once(ctx: ValidatorContext) -> None:
     checked.add((ctx.netuid, ctx.hotkey))
     for warning in schedule_warnings(ctx.hp, params):
         log.warning("%s", warning)
-    period = ctx.hp.weights.set_every_windows * ctx.hp.windows.blocks_per_window
+    period = _weight_period(ctx.hp)
     if period < params.tempo:  # harmless (weights stay on chain), so a note, not a warning
         log.info("weights are due every %d blocks, subnet %d's tempo is %d: only the last set before each epoch "
                  "counts (weights.set_every_windows >= %d sets once per epoch)", period, ctx.netuid, params.tempo,

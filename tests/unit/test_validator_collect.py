@@ -18,16 +18,8 @@ import pytest
 from protocol.hparams import HParams
 from protocol.peer_storage import NOT_FOUND, REFUSED_PRIVATE, REFUSED_SCHEME, UNREACHABLE, EndpointPolicy
 from protocol.storage import ObjectInfo, ObjectNotFound, ObjectTooLarge, delta_key
-from validator.collect import (
-    BAD_URL,
-    TIMEOUT,
-    TOO_LARGE,
-    UNAVAILABLE,
-    Collected,
-    StorageCache,
-    WindowTimes,
-    collect_window,
-)
+from scoring.filters import Rejection
+from validator.collect import Collected, StorageCache, WindowTimes, collect_window
 
 HP = HParams().override(**{"windows.upload_grace_s": 10.0, "max_upload_bytes": 2048})
 TIMES = WindowTimes(start=1000.0, end=1100.0)  # deadline = 1110
@@ -66,10 +58,10 @@ def _reasons(urls: list[str], *, allow: bool) -> list[tuple[str | None, str]]:
 def test_url_policy() -> None:
     urls = ["s3://bucket/x", "file:///etc", "http://x", "/etc/passwd", "s3://bkt?endpoint=https://10.0.0.1"]
     assert _reasons(urls, allow=False) == [
-        ("missing", NOT_FOUND), (BAD_URL, REFUSED_SCHEME), (BAD_URL, REFUSED_SCHEME), (BAD_URL, REFUSED_SCHEME),
-        (BAD_URL, REFUSED_PRIVATE)]
+        ("missing", NOT_FOUND), (Rejection.BAD_STORAGE_URL, REFUSED_SCHEME), (Rejection.BAD_STORAGE_URL, REFUSED_SCHEME), (Rejection.BAD_STORAGE_URL, REFUSED_SCHEME),
+        (Rejection.BAD_STORAGE_URL, REFUSED_PRIVATE)]
     assert _reasons(urls, allow=True) == [
-        ("missing", NOT_FOUND), ("missing", NOT_FOUND), (BAD_URL, REFUSED_SCHEME), (BAD_URL, REFUSED_SCHEME),
+        ("missing", NOT_FOUND), ("missing", NOT_FOUND), (Rejection.BAD_STORAGE_URL, REFUSED_SCHEME), (Rejection.BAD_STORAGE_URL, REFUSED_SCHEME),
         ("missing", NOT_FOUND)]
 
 
@@ -91,10 +83,10 @@ def test_each_peer_gets_one_outcome() -> None:
     assert got[HK[0]].ok and got[HK[0]].data == b"ok" and got[HK[0]].uploaded_at == 1050.0
     assert got[HK[1]].reason == "late" and got[HK[1]].data is None
     assert got[HK[2]].reason == "early"
-    assert got[HK[3]].reason == TOO_LARGE
+    assert got[HK[3]].reason == Rejection.TOO_LARGE
     assert got[HK[4]].ok
     assert got[HK[5]].reason == "missing"
-    assert got[HK[6]].reason == BAD_URL  # never opened
+    assert got[HK[6]].reason == Rejection.BAD_STORAGE_URL  # never opened
 
 
 def test_a_hanging_store_does_not_block_the_others() -> None:
@@ -109,7 +101,7 @@ def test_a_hanging_store_does_not_block_the_others() -> None:
                              times=TIMES, hp=HP, allow_local_storage=False, per_peer_timeout_s=0.5, stores=stores)
     finally:
         release.set()
-    assert got[HK[0]].reason == TIMEOUT
+    assert got[HK[0]].reason == Rejection.TIMEOUT
     assert got[HK[1]].ok
 
 
@@ -171,7 +163,7 @@ def test_a_loopback_endpoint_gets_no_connection(listener: Listener) -> None:
     got = _collect_from(urls, allow=False)
     assert listener.connections == 0 and listener.requests == []
     for peer in got.values():
-        assert (peer.reason, peer.detail) == (BAD_URL, REFUSED_PRIVATE)
+        assert (peer.reason, peer.detail) == (Rejection.BAD_STORAGE_URL, REFUSED_PRIVATE)
 
 
 def test_dev_flag_reaches_loopback_unsigned_with_fixed_details(listener: Listener) -> None:
@@ -182,7 +174,7 @@ def test_dev_flag_reaches_loopback_unsigned_with_fixed_details(listener: Listene
             f"s3://bkt?endpoint=http://127.0.0.1:{dead}&path_style=1"]
     got = list(_collect_from(urls, allow=True).values())
     assert (got[0].reason, got[0].detail) == ("missing", NOT_FOUND)
-    assert (got[1].reason, got[1].detail) == (UNAVAILABLE, UNREACHABLE)
+    assert (got[1].reason, got[1].detail) == (Rejection.STORAGE_UNAVAILABLE, UNREACHABLE)
     assert listener.requests and all(r.startswith(b"HEAD /bkt/deltas/") for r in listener.requests)
     for raw in listener.requests:  # anonymous: the validator's own key never leaves it
         assert b"authorization" not in raw.lower() and b"AKIAVALIDATOROWNKEY" not in raw

@@ -158,7 +158,7 @@ def upsert_peer(session: Session, *, hotkey: str, seen_window: int | None = None
 # --------------------------------------------------------------------------- receipts
 
 
-def receipt_values(receipt: Evaluation) -> dict[str, Any]:
+def _receipt_values(receipt: Evaluation) -> dict[str, Any]:
     """The columns set on a (transient) receipt row: what an upsert writes, nothing it would default."""
     return {k: v for k, v in sa.inspect(receipt).dict.items() if k in _RECEIPT_COLUMNS}
 
@@ -166,7 +166,7 @@ def receipt_values(receipt: Evaluation) -> dict[str, Any]:
 def _upsert_evaluation(session: Session, receipt: Evaluation) -> Evaluation:
     _check_status(receipt.status, EVALUATION_STATUSES, "evaluation status")
     values = {"window": receipt.window, "hotkey": receipt.hotkey, "status": receipt.status,
-              **receipt_values(receipt)}
+              **_receipt_values(receipt)}
     stmt = _insert(session, Evaluation).values(**values)
     updates = {name: stmt.excluded[name] for name in values if name not in ("window", "hotkey")}
     updates["updated_at"] = utcnow()
