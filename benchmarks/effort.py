@@ -36,13 +36,14 @@ from miner.compress import Compressor
 from miner.train import inner_train, iter_batches, load_state, make_optimizer, pseudo_gradient
 from protocol.hparams import HParams, WeightParams
 from protocol.model import build_model, model_from_state, preset
-from protocol.pages import assigned_pages, default_store, derive_seed, random_eval_pages
+from protocol.pages import assigned_pages, control_pages, default_store, derive_seed, random_eval_pages
 from protocol.sync import apply_update, dense_to_update
 from scoring import final, ratings
-from scoring.loss import contribution, page_indicator, reach_contribution, relative_improvement, update_bma
+from scoring.loss import page_indicator, reach_contribution, relative_improvement, update_bma
 from scoring.scale import step_factor
 from scoring.weights import compute_weights
 from scoring.work import work_gate
+from validator.combine import control_improvement
 from validator.evaluate import EvalJob, WindowEvaluator, eval_subset
 from validator.publish import outer_step
 
@@ -115,16 +116,17 @@ def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_bat
         wseed = derive_seed("effort/window", w, seed).to_bytes(8, "little") * 4
         taken = sorted({p for n in names for p in own[n]})
         random_ids = random_eval_pages(w, wseed, store.num_pages, hp.data.eval_pages, exclude=taken)
-        ev = WindowEvaluator(model_from_state(cfg, state), store, random_ids)
+        beacon = derive_seed("effort/beacon", w, seed).to_bytes(8, "little") * 4  # the window's block hash
+        control_ids = control_pages(w, beacon, store.num_pages, hp.data.eval_pages, exclude=taken)
+        ev = WindowEvaluator(model_from_state(cfg, state), store, random_ids, control_page_ids=control_ids)
         contrib, ind = {}, {}
         for name in names:
             who = "honest-4" if name in twins else name  # a twin is honest-4's data, scaled
-            pages = eval_subset(own[who], hp.data.eval_pages, seed=wseed, hotkey=who)
+            pages = eval_subset(own[who], hp.data.eval_pages, seed=beacon, hotkey=who)
             step = eta * step_factor(norms[name], median, hp.scoring.eval_norm, hp.scoring.eval_clip_ratio)
             r = ev.evaluate(EvalJob(name, dense_to_update(decoded[name]), step, pages, tuple(hp.scoring.eval_reach)))
             contrib[name] = reach_contribution(r.loss_before_random, r.loss_after_random, [a for _, a in r.reach_losses])
-            at_step = contribution(r.loss_before_random, r.loss_after_random)
-            ind[name] = page_indicator([relative_improvement(b, a) for b, a in r.page_losses], at_step,
+            ind[name] = page_indicator([relative_improvement(b, a) for b, a in r.page_losses], control_improvement(r),
                                        hp.scoring.indicator_margin)
         measured.append({"window": w, "median_norm": median,
                          **{n: {"norm": norms[n], "contribution": contrib[n], "indicator": ind[n]} for n in names}})

@@ -96,9 +96,10 @@ def _child(args: argparse.Namespace, peers: int) -> dict[str, float]:
                 "compressed_per_peer": compressed / peers, "gpu_peak": 0,
                 "params": sum(int(torch.Size(s).numel()) for s in shapes.values())}
     random_ids = list(range(args.eval_pages))
-    ev = WindowEvaluator(module, pages, random_ids, compute)
-    timed = min(peers, args.timed or peers)
     assigned = tuple(range(args.eval_pages, 2 * args.eval_pages))
+    control_ids = list(range(2 * args.eval_pages, 3 * args.eval_pages))  # the validator's forward holds all three
+    ev = WindowEvaluator(module, pages, random_ids, compute, control_ids)
+    timed = min(peers, args.timed or peers)
     ev.evaluate(EvalJob("warmup", held[0].load_update, 1e-3, assigned))
     if compute.torch_device.type == "cuda":
         torch.cuda.synchronize()

@@ -117,7 +117,7 @@ def bench_workers(n: int, pages, workers: int) -> float:
     from validator.collect import collect_window
     from validator.queue import WorkQueue, connect
     from validator.stage1 import run_stage1
-    from validator.stage2 import plan_stage2
+    from validator.stage2 import Beacon, plan_stage2
     from validator.window import ensure_model, window_times
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,7 +129,8 @@ def bench_workers(n: int, pages, workers: int) -> float:
                                    times=window_times(net.chain, 0, HP), hp=HP, allow_local_storage=True)
         s1 = run_stage1(collected, window=0, hp=HP, shapes=model.shapes, cfg=ctx.codec_cfg,
                         recent_hashes={model.hash: 0})
-        plan = plan_stage2(0, s1, hp=HP, seed=os.urandom(32), num_pages=pages.num_pages, collected=collected)
+        plan = plan_stage2(0, s1, hp=HP, seed=os.urandom(32), beacon=Beacon(0, os.urandom(32)),
+                           num_pages=pages.num_pages, collected=collected)
         stream = f"gauntlet-bench-{os.getpid()}-{workers}"
         queue = WorkQueue(connect(REDIS_URL), stream)
         mgr = mp.Manager()

@@ -199,6 +199,18 @@ class Chain(Protocol):
         """Unix seconds at which ``block`` was (or will be, on the local chain) produced."""
         ...
 
+    def block_time_s(self) -> float:
+        """The chain's nominal seconds per block (a constant of the chain, the same for every node)."""
+        ...
+
+    def block_hash(self, block: int) -> str:
+        """``0x``-prefixed hex hash of a produced block; :class:`ChainError` for one not produced yet.
+
+        Unknowable before its block: the validators' common, public random beacon
+        (``protocol.windows.beacon_block``).
+        """
+        ...
+
     def wait_for_block(self, block: int, timeout_s: float) -> int:
         """Block until the chain reaches ``block``; return the block reached.
 

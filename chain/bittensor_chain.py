@@ -175,6 +175,13 @@ class BittensorChain:
             return stamp
         return self._timestamp(head) - (head - block) * self.block_time_s()
 
+    def block_hash(self, block: int) -> str:
+        """The block's hash from its header (the SDK's ``block_info``)."""
+        info = self._call("block hash", lambda: self._client.block_info(block))
+        if info is None or not info.hash:
+            raise ChainError(f"block {block} has not been produced yet (or {self.endpoint} no longer has it)")
+        return str(info.hash)
+
     def _timestamp(self, block: int) -> float:
         return float(self._call("timestamp", lambda: self._client.timestamp(block)).timestamp())
 

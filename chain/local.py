@@ -21,6 +21,11 @@ enforces each one it advertises, as subtensor would: the rate limit, the version
 ``min_allowed_weights`` and the ``max_weights_limit`` cap (a u16 fraction of the row's sum;
 a lone self-weight is exempt from both, as on subtensor). Commit-reveal is never on.
 
+Block hashes (:meth:`LocalChain.block_hash`) are keyed by a random secret drawn when the file is
+created, and a hash is only given out once its block is produced: as on a real chain, nobody who
+does not read the file can know it in advance, which is what the window beacon needs
+(``protocol.windows.beacon_block``).
+
 Dev simplifications (documented in the report): signatures are not checked (holding
 the Keypair object is the proof), commitments are not rate limited, emission is
 recorded but not restaked, and the weights rate limit counts from the last
@@ -29,8 +34,10 @@ recorded but not restaked, and the weights rate limit counts from the last
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import secrets
 import sqlite3
 import threading
 import time
@@ -121,6 +128,14 @@ class LocalChain:
         if "params" not in rows:
             raise ChainError(f"{self.path} is not a gauntlet local chain (no params)")
         self.params = LocalParams(**json.loads(rows["params"]))
+        self._block_secret = bytes.fromhex(rows["block_secret"]) if "block_secret" in rows else self._add_secret()
+
+    def _add_secret(self) -> bytes:
+        """A file created before block hashes existed gets its secret on first open."""
+        with self._tx(immediate=True) as c:
+            c.execute("INSERT OR IGNORE INTO params VALUES ('block_secret', ?)", (secrets.token_hex(32),))
+            (value,) = c.execute("SELECT value FROM params WHERE key = 'block_secret'").fetchone()
+        return bytes.fromhex(value)
 
     # --- creation -------------------------------------------------------------------
 
@@ -170,6 +185,7 @@ class LocalChain:
             created = conn.execute(
                 "INSERT OR IGNORE INTO params VALUES ('params', ?)", (json.dumps(asdict(params)),)
             ).rowcount
+            conn.execute("INSERT OR IGNORE INTO params VALUES ('block_secret', ?)", (secrets.token_hex(32),))
             if created:
                 for netuid in netuids:
                     conn.execute("INSERT INTO subnets VALUES (?, '', '', 0, 0, 0)", (netuid,))
@@ -297,6 +313,16 @@ class LocalChain:
 
     def block_timestamp(self, block: int) -> float:
         return self.params.genesis_time + block * self.params.block_time_s
+
+    def block_time_s(self) -> float:
+        return self.params.block_time_s
+
+    def block_hash(self, block: int) -> str:
+        if block < 0 or block > self.block():
+            raise ChainError(f"block {block} has not been produced yet (head {self.block()})")
+        digest = hashlib.blake2b(block.to_bytes(8, "little"), key=self._block_secret, digest_size=32,
+                                 person=b"gauntlet-block").hexdigest()
+        return "0x" + digest
 
     def wait_for_block(self, block: int, timeout_s: float) -> int:
         deadline = time.monotonic() + timeout_s

@@ -53,6 +53,7 @@ __all__ = [
     "ShardInfo",
     "assigned_pages",
     "build_page_store",
+    "control_pages",
     "default_store",
     "default_store_key",
     "derive_seed",
@@ -534,6 +535,21 @@ def window_secret(master_secret: bytes, window: int) -> bytes:
     return hashlib.blake2b(
         _field(window), key=master_secret[:64], digest_size=32, person=b"gauntlet-wsec"
     ).digest()
+
+
+def control_pages(window: int, beacon: bytes, num_pages: int, count: int, exclude: Iterable[int] = ()) -> list[int]:
+    """``count`` distinct training pages every validator of ``window`` measures the proof of work against.
+
+    Seeded by the window's beacon (``protocol.windows.beacon_block``: a block hash nobody knows
+    before the uploads are due), so no miner can train on them, yet every validator draws the same
+    ones and the per-page test (``scoring.loss.page_indicator``) gives all of them the same verdict.
+    ``exclude`` takes the window's assigned pages: a control page is one nobody trained on by duty.
+    """
+    if window < 0:
+        raise ValueError("window must be >= 0")
+    if len(beacon) < MIN_SECRET_BYTES:
+        raise ValueError(f"beacon must be at least {MIN_SECRET_BYTES} bytes (a block hash)")
+    return _sample(derive_seed("gauntlet/control-pages/v1", beacon, window), training_count(num_pages), count, exclude)
 
 
 def random_eval_pages(

@@ -4,16 +4,24 @@ A window is ``blocks_per_window`` chain blocks. Miners upload their delta for wi
 while W runs; uploads are on time if the *store's* timestamp is no later than the end of
 W plus ``upload_grace_s`` (the miner's clock is never trusted). Window W is scored once
 the chain has entered W+1.
+
+The window's **beacon** is the hash of :func:`beacon_block`, the first block produced after the
+upload deadline (in whole blocks of the chain's nominal block time, so every node names the same
+block). Nobody can know it while uploads are still accepted, and every validator reads the same
+one: it seeds what all validators must draw alike but no miner may predict (the proof-of-work
+control pages, ``protocol.pages.control_pages``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from protocol.hparams import WindowParams
 
 __all__ = [
     "Window",
+    "beacon_block",
     "is_on_time",
     "upload_deadline",
     "window_bounds",
@@ -36,6 +44,13 @@ def window_of(block: int, p: WindowParams) -> int:
 def window_bounds(index: int, p: WindowParams) -> Window:
     start = p.genesis_block + index * p.blocks_per_window
     return Window(index=index, start_block=start, end_block=start + p.blocks_per_window)
+
+
+def beacon_block(index: int, p: WindowParams, block_seconds: float) -> int:
+    """The first block after window ``index``'s upload deadline: ``end + ceil(grace / block time) + 1``."""
+    if block_seconds <= 0:
+        raise ValueError(f"block_seconds must be > 0, got {block_seconds}")
+    return window_bounds(index, p).end_block + math.ceil(p.upload_grace_s / block_seconds) + 1
 
 
 def upload_deadline(window_end_time: float, p: WindowParams) -> float:

@@ -8,8 +8,12 @@ and on *random* pages the peer could not predict:
   is comparable across windows while the loss falls; measured on random data so that
   memorising the assigned pages earns nothing.
 * **indicator** = the mean over the evaluated assigned pages of ±1: +1 for a page whose
-  relative improvement beats the one on random data by a margin, else -1 (a tie is -1: a
-  peer must *show* it trained on each page). The reference compared the pages' mean once,
+  relative improvement beats the one on the window's *control* pages by a margin, else -1 (a
+  tie is -1: a peer must *show* it trained on each page). Control pages are drawn from the
+  window's public beacon, a block hash nobody knows until the uploads are due
+  (``protocol.pages.control_pages``): no miner can train on them, and every validator measures
+  the same ones, so all of them reach the same verdict (with each validator's own random pages,
+  one unlucky page flipped the gate at one validator and not at another). The reference compared the pages' mean once,
   so a miner that trained on one of two pages (and on someone else's for the other) still
   scored +1 whenever the trained page carried the mean; per page, the untrained one is a
   coin and the window's indicator falls to about half of an honest miner's. Its moving
@@ -80,22 +84,22 @@ def reach_contribution(l_before_rand: float, l_after_rand: float, further: list[
     return max(contribution(l_before_rand, after) for after in [l_after_rand, *further])
 
 
-def indicator(assigned_improvement: float, random_improvement: float, margin: float = 0.0) -> int:
-    """+1 when the assigned improvement beats the random one by more than ``margin`` of it, else -1.
+def indicator(assigned_improvement: float, reference_improvement: float, margin: float = 0.0) -> int:
+    """+1 when the assigned improvement beats the reference (control pages') by more than ``margin`` of it, else -1.
 
-    The margin is relative to ``|random_improvement|`` so it scales with how much the delta
-    helps at all; with ``margin=0`` this is the reference's plain comparison.
+    The margin is relative to ``|reference_improvement|`` so it scales with how much the delta
+    helps at all; with ``margin=0`` this is the reference deployment's plain comparison.
     """
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
-    return 1 if assigned_improvement - random_improvement > margin * abs(random_improvement) else -1
+    return 1 if assigned_improvement - reference_improvement > margin * abs(reference_improvement) else -1
 
 
-def page_indicator(page_improvements: list[float], random_improvement: float, margin: float = 0.0) -> float:
+def page_indicator(page_improvements: list[float], reference_improvement: float, margin: float = 0.0) -> float:
     """Mean of :func:`indicator` over the assigned pages, in [-1, 1]; -1 when there are none."""
     if not page_improvements:
         return -1.0
-    return sum(indicator(p, random_improvement, margin) for p in page_improvements) / len(page_improvements)
+    return sum(indicator(p, reference_improvement, margin) for p in page_improvements) / len(page_improvements)
 
 
 def update_bma(bma: float, indicator: float, alpha: float) -> float:

@@ -72,7 +72,7 @@ from validator.stage1 import (
     run_stage1,
 )
 from validator.stage2 import Stage2Plan, plan_stage2
-from validator.window import window_times
+from validator.window import ModelNotReady, window_beacon, window_times
 
 log = logging.getLogger(__name__)
 
@@ -281,16 +281,20 @@ def published_result(r: Receipt) -> EvalResult | None:
     try:
         pages = tuple((float(p["before"]), float(p["after"])) for p in r.details.get("assigned_pages") or ())
         reach = tuple((float(p["multiple"]), float(p["after"])) for p in r.details.get("reach") or ())
+        control = r.details.get("control")
+        before_c, after_c = (float(control["before"]), float(control["after"])) if control else (None, None)
     except (TypeError, KeyError, ValueError):
-        raise AuditError(f"the receipt of {r.hotkey} has malformed per-page or reach losses") from None
+        raise AuditError(f"the receipt of {r.hotkey} has malformed per-page, control or reach losses") from None
     return EvalResult(r.hotkey, *(float(x) for x in losses), estimate=float(r.estimate or 0.0),  # type: ignore[arg-type]
-                      seconds=float(r.eval_seconds or 0.0), page_losses=pages, reach_losses=reach)
+                      seconds=float(r.eval_seconds or 0.0), page_losses=pages, reach_losses=reach,
+                      loss_before_control=before_c, loss_after_control=after_c)
 
 
 def stage2(theta: GlobalModel, pages: PageSource, plan: Stage2Plan, targets: list[str],
            receipts: Mapping[str, Receipt]) -> dict[str, EvalResult]:
     """Evaluate the targets' jobs in the plan's order, the validator's (so "before" batches match); others as published."""
-    evaluator = WindowEvaluator(model_from_state(theta.config, theta.state), pages, plan.random_page_ids)
+    evaluator = WindowEvaluator(model_from_state(theta.config, theta.state), pages, plan.random_page_ids,
+                                control_page_ids=plan.control_page_ids)
     results: dict[str, EvalResult] = {}
     for job in plan.jobs:
         if receipts[job.hotkey].status == UNEVALUATED:
@@ -344,7 +348,12 @@ def audit(api: ScoreApi, inputs: AuditInputs, window: int, hotkey: str | None = 
     collected = collect(inputs, window, targets, receipts)
     s1, skips = stage1(inputs, window, targets=targets, receipts=receipts, collected=collected, prev=prev,
                        recent_hashes=recent, shapes=theta.shapes, seed=seed, whole_window=hotkey is None)
-    plan = plan_stage2(window, s1, hp=hp, seed=seed, num_pages=int(getattr(inputs.pages, "num_pages", 0)),
+    try:  # the beacon as the chain has it, not as the receipts say: it decides the control pages
+        beacon = window_beacon(inputs.chain, window, hp)
+    except ModelNotReady as exc:
+        raise AuditError(str(exc)) from None
+    plan = plan_stage2(window, s1, hp=hp, seed=seed, beacon=beacon,
+                       num_pages=int(getattr(inputs.pages, "num_pages", 0)),
                        collected=collected, prev_scores={hk: p.score for hk, p in prev.items()})
     plan.unevaluated = [hk for hk in plan.remote if receipts[hk].status == UNEVALUATED]
     for hk in targets:

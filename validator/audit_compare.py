@@ -96,11 +96,11 @@ class Check:
 # Receipt fields by rule. Losses and what derives from them are matched under ``Tolerances``.
 EXACT = ("status", "reject_reason", "copy_of_hotkey", "payload_hash", "upload_bytes", "filters_passed",
          "base_model_hash", "random_seed_hex", "random_page_ids", "assigned_page_ids", "indicator",
-         "details.steps_behind")
+         "details.steps_behind", "details.beacon.block", "details.beacon.hash", "details.beacon.control_pages")
 ARITHMETIC = ("details.norm", "details.median_norm", "details.eval_step", "sync_score", "bma_after",
               "rating_mu_before", "rating_sigma_before")
 LOSSES = ("loss_before_assigned", "loss_after_assigned", "loss_before_random", "loss_after_random",
-          "details.exact_change_random")
+          "details.exact_change_random", "details.control.before", "details.control.after")
 RATINGS = ("rating_mu_after", "rating_sigma_after", "final_score")
 #: What the validator and the auditor must share for the numbers to be comparable at all.
 SETUP_EXACT = ("setup.spec_version", "setup.hparams_digest", "setup.model", "setup.model_seed", "setup.data_digest",

@@ -9,8 +9,8 @@ Per registered peer, exactly one of:
 * **evaluated** (passed both stages): contribution = best relative improvement of the random
   loss at the evaluation step and its ``eval_reach`` multiples along the delta, sized by the size
   rule (``scoring.scale``, ``scoring.loss.reach_contribution``); indicator = mean over the
-  assigned pages of +1 where the page's improvement beats the random one at the evaluation step,
-  else -1; bma <- (1-a) bma + a indicator; the OpenSkill (Plackett-Luce) update ranks all
+  assigned pages of +1 where the page's improvement beats the public control pages' at the
+  evaluation step (:func:`control_improvement`), else -1; bma <- (1-a) bma + a indicator; the OpenSkill (Plackett-Luce) update ranks all
   evaluated peers of the window by contribution; final = max(0, ordinal) x work
   gate(bias-corrected bma) x sync_score, or exp(ordinal / T) with ``score_temperature``
   (``scoring.final``).
@@ -104,10 +104,26 @@ def _measure(stage1: Stage1Result, results: Mapping[str, EvalResult]
             further = [a for _c, a in r.reach_losses if math.isfinite(a)]
             contributions[hk] = loss.reach_contribution(r.loss_before_random, r.loss_after_random, further)
             loss.relative_improvement(r.loss_before_assigned, r.loss_after_assigned)
+            control_improvement(r)
             evaluated[hk] = r
         except ValueError:  # the loss after the step is not finite
             broken.add(hk)
     return evaluated, contributions, broken
+
+
+def control_improvement(r: EvalResult) -> float:
+    """What each assigned page's improvement must beat: the public control pages', at the same step.
+
+    Every validator of the window measures the same control pages (``protocol.pages.control_pages``)
+    against the same theta, so they reach the same proof-of-work verdict; a validator's own random
+    pages would make the gate, and with it each peer's pay, differ from validator to validator.
+    A result without control losses (a worker of an older version) falls back to the random pages.
+    """
+    from scoring import loss
+
+    if r.loss_before_control is not None and r.loss_after_control is not None:
+        return loss.relative_improvement(r.loss_before_control, r.loss_after_control)
+    return loss.contribution(r.loss_before_random, r.loss_after_random)
 
 
 def combine_window(
@@ -132,13 +148,13 @@ def combine_window(
         ind = sync = None
         if hk in evaluated:
             r = evaluated[hk]
-            at_step = loss.contribution(r.loss_before_random, r.loss_after_random)  # same step as the pages'
+            reference = control_improvement(r)
             if r.page_losses:  # per page: training on part of the assigned pages shows (scoring.loss)
                 ind = loss.page_indicator([loss.relative_improvement(b, a) for b, a in r.page_losses],
-                                          at_step, sp.indicator_margin)
+                                          reference, sp.indicator_margin)
             else:
                 ind = loss.indicator(loss.relative_improvement(r.loss_before_assigned, r.loss_after_assigned),
-                                     at_step, sp.indicator_margin)
+                                     reference, sp.indicator_margin)
             sync = fin.sync_score(stage1.accepted[hk].steps_behind, sp.sync_max_behind, sp.sync_exponent)
             verdict = Verdict.evaluated(window, new_ratings[hk], loss.update_bma(p.bma, ind, sp.indicator_alpha), sync)
             status = "accepted"

@@ -3,9 +3,13 @@
 For window W every evaluated peer gets:
 
 * ``loss_before/after_assigned`` on ``eval_pages`` of the pages it was assigned (which ones
-  is drawn with the window's secret seed, so training only a subset does not pay), and
+  is drawn from the window's beacon, unknown until uploads are due, so training only a subset
+  does not pay),
 * ``loss_before/after_random`` on pages drawn with the secret seed that no miner can
-  predict; one random set per window, shared by all peers, so their scores compare.
+  predict; one random set per window, shared by all peers, so their scores compare;
+* ``loss_before/after_control`` on the window's *control* pages, drawn from the public beacon
+  (``protocol.pages.control_pages``): what the per-page proof of work is measured against, so
+  that every validator reaches the same verdict on it (``scoring.work``).
 
 "After" means theta_W with the evaluation step applied: theta - eta * c * delta, where
 eta = ``eval_step_scale`` x outer lr and c is the subnet's size rule (``scoring.scale``):
@@ -18,7 +22,7 @@ Sharing and exactness: the "before" losses are computed once per page id and cac
 the window. The delta is applied in place to one model copy and undone by writing back
 the original values saved at the touched indices, never by adding it again (theta + d - d
 is not theta in floating point). Assigned and random pages go through one batched forward
-under ``torch.inference_mode``.
+under ``torch.inference_mode`` (with the control pages between them).
 
 The first-order estimate comes from one backward pass on the random batch at theta_W: the
 predicted loss change is -eta * c * <g, delta> over the delta's kept coordinates only.
@@ -117,6 +121,10 @@ class EvalResult:
     #: (multiple, random loss at theta - multiple * step * delta) for the job's ``reach``: how far the
     #: direction keeps lowering the loss (``scoring.loss.reach_contribution``).
     reach_losses: tuple[tuple[float, float], ...] = ()
+    #: Loss on the window's public control pages before and after the step (None: no control pages,
+    #: e.g. from a worker of an older version; the proof of work then falls back to the random pages).
+    loss_before_control: float | None = None
+    loss_after_control: float | None = None
     #: Where the numbers were computed (published in the receipt): device class and parameter dtype
     #: set the tolerance an auditor recomputing them on other hardware needs; ``evaluator`` says
     #: whether a worker did it (its "before" batches hold other pages than the validator's).
@@ -152,11 +160,13 @@ class RemoteJob:
     random_page_ids: tuple[int, ...]
     seed_hex: str
     reach: tuple[float, ...] = ()
+    control_page_ids: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {"window": self.window, "hotkey": self.hotkey, "url": self.url, "payload_hash": self.payload_hash,
                 "step": self.step, "assigned_page_ids": list(self.assigned_page_ids),
-                "random_page_ids": list(self.random_page_ids), "seed_hex": self.seed_hex, "reach": list(self.reach)}
+                "random_page_ids": list(self.random_page_ids), "seed_hex": self.seed_hex, "reach": list(self.reach),
+                "control_page_ids": list(self.control_page_ids)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RemoteJob:
@@ -165,13 +175,14 @@ class RemoteJob:
             return cls(int(data["window"]), str(data["hotkey"]), str(data["url"]), str(data["payload_hash"]),
                        float(data["step"]), tuple(int(p) for p in data["assigned_page_ids"]),
                        tuple(int(p) for p in data["random_page_ids"]), str(data["seed_hex"]),
-                       tuple(float(c) for c in data.get("reach", ())))
+                       tuple(float(c) for c in data.get("reach", ())),
+                       tuple(int(p) for p in data.get("control_page_ids", ())))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed Stage-2 job: {type(exc).__name__}: {exc}") from None
 
 
 def eval_subset(assigned: Sequence[int], count: int, *, seed: bytes, hotkey: str) -> tuple[int, ...]:
-    """``count`` of a peer's assigned pages, chosen by the secret seed (all of them if fewer)."""
+    """``count`` of a peer's assigned pages, chosen by ``seed`` (the window's beacon; all of them if fewer)."""
     pages = sorted(set(assigned))
     if len(pages) <= count:
         return tuple(pages)
@@ -201,18 +212,21 @@ def restore(saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Non
 
 
 class WindowEvaluator:
-    """Evaluates any number of peers against one theta_W and one random page set."""
+    """Evaluates any number of peers against one theta_W, one random and one control page set."""
 
     def __init__(self, model: Model, pages: PageSource, random_page_ids: Sequence[int],
-                 compute: Compute | None = None) -> None:
+                 compute: Compute | None = None, control_page_ids: Sequence[int] = ()) -> None:
         self.model = model.eval()
         self.compute = compute or Compute(device=str(next(model.parameters()).device))
         self.pages = pages
         self.random_page_ids = tuple(random_page_ids)
+        self.control_page_ids = tuple(control_page_ids)
         self._random_tokens = pages.pages(self.random_page_ids)
+        self._control_tokens = pages.pages(self.control_page_ids) if self.control_page_ids else None
         self._before: dict[int, torch.Tensor] = {}  # page id -> per-sequence losses at theta_W
         self._grad: dict[str, torch.Tensor] | None = None
         self.loss_before_random = self._page_losses_before(self.random_page_ids)
+        self.loss_before_control = self._page_losses_before(self.control_page_ids) if self.control_page_ids else None
 
     # -- shared "before" losses
     def _page_losses_before(self, page_ids: Sequence[int]) -> float:
@@ -257,7 +271,8 @@ class WindowEvaluator:
         before_assigned = self._page_losses_before(job.assigned_page_ids)
         estimate = self.estimate(update, job.step)
         assigned = self.pages.pages(job.assigned_page_ids)
-        batch = torch.cat([assigned, self._random_tokens])
+        control = self._control_tokens if self._control_tokens is not None else assigned[:0]
+        batch = torch.cat([assigned, control, self._random_tokens])
         saved = apply_in_place(self.model, update, job.step)
         try:
             losses = self._losses(batch).double()
@@ -270,7 +285,7 @@ class WindowEvaluator:
                 reach.append((float(multiple), float(self._losses(self._random_tokens).double().mean())))
             finally:
                 restore(saved)
-        n = assigned.shape[0]
+        n, m = assigned.shape[0], assigned.shape[0] + control.shape[0]
         after = losses[:n].chunk(len(job.assigned_page_ids)) if n else ()
         page_losses = tuple((float(self._before[p].double().mean()), float(a.mean()))
                             for p, a in zip(job.assigned_page_ids, after, strict=True))
@@ -279,11 +294,13 @@ class WindowEvaluator:
             loss_before_assigned=before_assigned,
             loss_after_assigned=float(losses[:n].mean()),
             loss_before_random=self.loss_before_random,
-            loss_after_random=float(losses[n:].mean()),
+            loss_after_random=float(losses[m:].mean()),
             estimate=estimate,
             seconds=time.perf_counter() - t0,
             page_losses=page_losses,
             reach_losses=tuple(reach),
+            loss_before_control=self.loss_before_control,
+            loss_after_control=float(losses[n:m].mean()) if m > n else None,
             device=self.compute.torch_device.type,
             dtype=str(DTYPES[self.compute.dtype]).removeprefix("torch."),  # float32 or bfloat16 (autocast)
         )

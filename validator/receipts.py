@@ -1,7 +1,8 @@
 """Score receipts: one row per registered peer and window, whatever happened to it.
 
 A receipt holds everything needed to re-check a score: the upload (hash, size, store
-time), the filters passed or the reason rejected, the pages and seed of the evaluation,
+time), the filters passed or the reason rejected, the pages and seed of the evaluation, the
+window's public beacon and control pages (``details["beacon"]``, ``details["control"]``),
 the base model hash, the exact losses and the first-order estimate, the rating before and
 after, the final score. The window's secret seed is stored with it but published only
 once the window is scored (``Window.published_seed``).
@@ -37,8 +38,9 @@ STAGE1_FILTERS = ["registered", "not_banned", "on_time", "parse", "signature", "
 
 #: How Stage 2 batches pages (``validator.evaluate.WindowEvaluator``); sequences in another batch can
 #: differ in the last float bits, so an auditor states its tolerance against this layout.
-BATCH_LAYOUT = ("after: the peer's assigned pages then the window's random pages in one forward; before: "
-                "per page id, random pages first, then each peer's uncached assigned pages, peers in the plan's "
+BATCH_LAYOUT = ("after: the peer's assigned pages, the window's control pages, then its random pages in one "
+                "forward; before: per page id, random pages first, then control pages, then each peer's uncached "
+                "assigned pages, peers in the plan's "
                 "evaluation order (validator.stage2.evaluation_order)")
 
 
@@ -81,6 +83,9 @@ def _accepted(r: Evaluation, cand: Candidate, s1: Stage1Result, plan: Stage2Plan
     r.filters_passed, r.random_page_ids = list(STAGE1_FILTERS), list(plan.random_page_ids)
     r.random_seed_hex, r.sync_score = seed_hex, out.sync
     r.details = {"norm": cand.decoded.norm, "steps_behind": cand.steps_behind, "median_norm": s1.median_norm}
+    if plan.beacon_hex:  # the public draw of the window (protocol.windows.beacon_block)
+        r.details["beacon"] = {"block": plan.beacon_block, "hash": plan.beacon_hex,
+                               "control_pages": list(plan.control_page_ids)}
 
 
 def _measured(r: Evaluation, res: EvalResult, out: PeerOutcome, page_ids: Sequence[int] | None) -> None:
@@ -88,6 +93,8 @@ def _measured(r: Evaluation, res: EvalResult, out: PeerOutcome, page_ids: Sequen
     r.loss_before_random, r.loss_after_random = res.loss_before_random, res.loss_after_random
     r.estimate, r.contribution, r.indicator, r.eval_seconds = res.estimate, out.contribution, out.indicator, res.seconds
     r.details["exact_change_random"] = res.loss_after_random - res.loss_before_random
+    if res.loss_after_control is not None:  # what the per-page proof of work is measured against
+        r.details["control"] = {"before": res.loss_before_control, "after": res.loss_after_control}
     if res.reach_losses:  # the random loss further along the direction (scoring.loss.reach_contribution)
         r.details["reach"] = [{"multiple": c, "after": a} for c, a in res.reach_losses]
     if res.page_losses and page_ids is not None:

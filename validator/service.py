@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.windows import window_bounds, window_of
+from protocol.windows import beacon_block, window_bounds, window_of
 from validator import agreement, metrics
 from validator.db import repo
 from validator.setweights import resend_unsent, set_due_weights
@@ -107,10 +107,10 @@ def _say_once(level: int, message: str) -> None:
 
 
 def ready(ctx: ValidatorContext, window: int) -> bool:
-    """The chain is past W and its grace: uploads for W can no longer count."""
+    """The chain is past W and its grace (uploads for W can no longer count) and has W's beacon block."""
     end_block = window_bounds(window, ctx.hp.windows).end_block
     block = ctx.chain.block()
-    if block < end_block:
+    if block < max(end_block, beacon_block(window, ctx.hp.windows, ctx.chain.block_time_s())):
         return False
     return ctx.chain.block_timestamp(block) >= ctx.chain.block_timestamp(end_block) + ctx.hp.windows.upload_grace_s
 

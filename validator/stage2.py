@@ -1,7 +1,8 @@
 """Stage 2 planning and execution: in-process, or shared with workers over Redis, within a time budget.
 
 ``plan_stage2`` fixes everything a Stage-2 evaluation depends on (random pages from the
-window's secret seed, each peer's assigned eval pages, its evaluation step) so that the
+window's secret seed; control pages and each peer's evaluated assigned pages from the window's
+public beacon, so every validator tests the same work; the evaluation step) so that the
 validator and any worker compute the same numbers. ``Stage2Runner.run`` evaluates the
 plan: when a :class:`RemoteDispatcher` is configured (Redis), jobs go to the work queue
 and the validator waits up to ``remote_timeout_s`` for results, then evaluates whatever
@@ -56,6 +57,10 @@ class Stage2Plan:
     seed_hex: str
     random_page_ids: tuple[int, ...]
     jobs: list[EvalJob] = field(default_factory=list)  # in evaluation order
+    #: The window's beacon (``protocol.windows.beacon_block``) and the control pages it draws.
+    beacon_block: int | None = None
+    beacon_hex: str = ""
+    control_page_ids: tuple[int, ...] = ()
     remote: dict[str, RemoteJob] = field(default_factory=dict)  # hotkey -> the job as a worker gets it
     unevaluated: list[str] = field(default_factory=list)  # filled by Stage2Runner.run: jobs the budget left out
 
@@ -77,33 +82,48 @@ def budget_end(started: float, publish_deadline: float, hp: HParams) -> float:
     return end if end > started else started + length
 
 
+@dataclass(frozen=True, slots=True)
+class Beacon:
+    """The window's public randomness: the hash of ``block`` (``protocol.windows.beacon_block``)."""
+
+    block: int
+    hash: bytes
+
+
+def _draw(draw: Callable[..., list[int]], *args: object, exclude: Sequence[int]) -> tuple[int, ...]:
+    """Pages no evaluated miner trained on, when the corpus is big enough; any pages otherwise."""
+    try:
+        return tuple(int(p) for p in draw(*args, exclude=exclude))
+    except ValueError:
+        return tuple(int(p) for p in draw(*args))
+
+
 def plan_stage2(
-    window: int, s1: Stage1Result, *, hp: HParams, seed: bytes, num_pages: int,
+    window: int, s1: Stage1Result, *, hp: HParams, seed: bytes, beacon: Beacon, num_pages: int,
     collected: Mapping[str, Collected], prev_scores: Mapping[str, float] | None = None,
 ) -> Stage2Plan:
-    """Pages, steps and fetch descriptions for every accepted peer (deterministic given the seed).
+    """Pages, steps and fetch descriptions for every accepted peer (deterministic given the seed and beacon).
 
     Jobs come in :func:`evaluation_order` of ``prev_scores`` (the peers' final scores before the window).
     """
-    from protocol.pages import assigned_pages, random_eval_pages
+    from protocol.pages import assigned_pages, control_pages, random_eval_pages
 
     eta = hp.scoring.eval_step_scale * hp.outer.lr
     assigned = {hk: assigned_pages(window, hk, hp.data.public_seed, num_pages, hp.data.pages_per_window)
                 for hk in sorted(s1.accepted)}
     taken = sorted({p for pages in assigned.values() for p in pages})
-    try:  # random pages no evaluated miner trained on, when the corpus is big enough
-        random_ids = random_eval_pages(window, seed, num_pages, hp.data.eval_pages, exclude=taken)
-    except ValueError:
-        random_ids = random_eval_pages(window, seed, num_pages, hp.data.eval_pages)
-    plan = Stage2Plan(window, seed.hex(), tuple(int(p) for p in random_ids))
+    random_ids = _draw(random_eval_pages, window, seed, num_pages, hp.data.eval_pages, exclude=taken)
+    control_ids = _draw(control_pages, window, beacon.hash, num_pages, hp.data.eval_pages, exclude=taken)
+    plan = Stage2Plan(window, seed.hex(), random_ids, beacon_block=beacon.block, beacon_hex=beacon.hash.hex(),
+                      control_page_ids=control_ids)
     for hk in evaluation_order(s1.accepted, prev_scores or {}, seed=seed, top=hp.outer.max_peers):
         cand = s1.accepted[hk]
-        pages = eval_subset(assigned[hk], hp.data.eval_pages, seed=seed, hotkey=hk)
+        pages = eval_subset(assigned[hk], hp.data.eval_pages, seed=beacon.hash, hotkey=hk)
         step = eta * step_factor(cand.decoded.norm, s1.median_norm, hp.scoring.eval_norm, hp.scoring.eval_clip_ratio)
         reach = tuple(hp.scoring.eval_reach)
         plan.jobs.append(EvalJob(hk, cand.decoded.load_update, step, pages, reach))  # decoded when evaluated
         plan.remote[hk] = RemoteJob(window, hk, collected[hk].url, cand.payload_hash, step, tuple(pages),
-                                    plan.random_page_ids, plan.seed_hex, reach)
+                                    plan.random_page_ids, plan.seed_hex, reach, plan.control_page_ids)
     return plan
 
 
@@ -142,7 +162,7 @@ class Stage2Runner:
         plan.unevaluated = []
         if left and (deadline is None or clock() < deadline):
             module = model_from_state(model.config, model.state, self.compute.torch_device)
-            evaluator = WindowEvaluator(module, self.pages, plan.random_page_ids, self.compute)
+            evaluator = WindowEvaluator(module, self.pages, plan.random_page_ids, self.compute, plan.control_page_ids)
             for i, job in enumerate(left):
                 if deadline is not None and clock() >= deadline:
                     plan.unevaluated = [j.hotkey for j in left[i:]]

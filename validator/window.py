@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from chain.base import Chain, Metagraph
+from chain.base import Chain, ChainError, Metagraph
 from protocol import faults
 from protocol.codec import CodecConfig
 from protocol.follow import Follower, declared_validators, publish_deadline
@@ -33,7 +33,7 @@ from protocol.global_model import GlobalModel, OutOfSync
 from protocol.hparams import HParams
 from protocol.peer_storage import EndpointPolicy
 from protocol.storage import Storage
-from protocol.windows import window_bounds
+from protocol.windows import beacon_block, window_bounds
 from protocol.wire import Signer
 from scoring.final import PeerState, is_banned
 from scoring.weights import compute_weights
@@ -45,7 +45,7 @@ from validator.evaluate import EvalResult
 from validator.publish import publish_proposal
 from validator.receipts import build_receipts, evaluation_setup
 from validator.stage1 import SketchHistory, Stage1Result, run_stage1
-from validator.stage2 import Stage2Plan, Stage2Runner, budget_end, plan_stage2
+from validator.stage2 import Beacon, Stage2Plan, Stage2Runner, budget_end, plan_stage2
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,15 @@ def miner_hotkeys(meta: Metagraph, commitments: dict[str, str]) -> dict[str, int
             if hk not in validators and not (permit and hk not in commitments)}
 
 
+def window_beacon(chain: Chain, window: int, hp: HParams) -> Beacon:
+    """The window's public beacon (``protocol.windows.beacon_block``); :class:`ModelNotReady` until it is readable."""
+    block = beacon_block(window, hp.windows, chain.block_time_s())
+    try:
+        return Beacon(block, bytes.fromhex(chain.block_hash(block).removeprefix("0x")))
+    except (ChainError, ValueError) as exc:
+        raise ModelNotReady(f"the beacon of window {window} (block {block}) is not readable yet: {exc}") from exc
+
+
 def open_window_seed(ctx: ValidatorContext, window: int, base_hash: str) -> bytes:
     """The window's secret seed: drawn once, stored before use, re-used by a redo."""
     with ctx.sessions() as s:
@@ -178,6 +187,7 @@ def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
     with metrics.timed("sync", timings):
         model = ensure_model(ctx, window)
         seed = open_window_seed(ctx, window, model.hash)
+        beacon = window_beacon(ctx.chain, window, ctx.hp)
     with metrics.timed("collect", timings):
         meta, commitments = ctx.chain.metagraph(ctx.netuid), ctx.chain.commitments(ctx.netuid)
         hotkeys = {hk: uid for hk, uid in miner_hotkeys(meta, commitments).items() if hk != ctx.hotkey}
@@ -194,7 +204,7 @@ def score_window(ctx: ValidatorContext, window: int) -> WindowReport:
         for c in collected.values():  # Stage 1 keeps the parsed encodings; the raw bytes are not needed again
             c.data = None
     with metrics.timed("stage2", timings):
-        plan: Stage2Plan = plan_stage2(window, s1, hp=ctx.hp, seed=seed, num_pages=ctx.stage2.num_pages,
+        plan: Stage2Plan = plan_stage2(window, s1, hp=ctx.hp, seed=seed, beacon=beacon, num_pages=ctx.stage2.num_pages,
                                        collected=collected, prev_scores={hk: p.score for hk, p in prev.items()})
         deadline = budget_end(ctx.stage2.clock(), publish_deadline(times.end, ctx.hp), ctx.hp)
         results = ctx.stage2.run(model, plan, deadline=deadline)

@@ -82,10 +82,11 @@ class Worker:
         self.publish_storage, self.pages, self.codec_cfg = publish_storage, pages, codec_cfg
         self.stores = StorageCache(policy=EndpointPolicy(allow_private=cfg.allow_local_storage))
         self.model: GlobalModel | None = None
-        self._evaluator: tuple[tuple[int, tuple[int, ...]], WindowEvaluator] | None = None
+        self._evaluator: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], WindowEvaluator] | None = None
 
-    def evaluator(self, window: int, random_page_ids: tuple[int, ...]) -> WindowEvaluator:
-        key = (window, random_page_ids)
+    def evaluator(self, window: int, random_page_ids: tuple[int, ...],
+                  control_page_ids: tuple[int, ...] = ()) -> WindowEvaluator:
+        key = (window, random_page_ids, control_page_ids)
         if self._evaluator is None or self._evaluator[0] != key:
             self.model = sync_global_model(self.model if self.model and self.model.window <= window else None,
                                            window, hp=self.hp, storage=self.publish_storage,
@@ -93,7 +94,8 @@ class Worker:
             if self.model.window != window:
                 raise JobError(f"published history reaches window {self.model.window}, not {window}")
             module = model_from_state(self.model.config, self.model.state, self.cfg.compute.torch_device)
-            self._evaluator = (key, WindowEvaluator(module, self.pages, random_page_ids, self.cfg.compute))
+            self._evaluator = (key, WindowEvaluator(module, self.pages, random_page_ids, self.cfg.compute,
+                                                    control_page_ids))
         return self._evaluator[1]
 
     def fetch(self, job: RemoteJob) -> EvalJob:
@@ -117,7 +119,7 @@ class Worker:
             remote = RemoteJob.from_json(job.payload)
             if (remote.window, remote.hotkey) != (job.window, job.hotkey):
                 raise JobError("the job's payload names another window or hotkey than its queue entry")
-            evaluator = self.evaluator(remote.window, remote.random_page_ids)
+            evaluator = self.evaluator(remote.window, remote.random_page_ids, remote.control_page_ids)
             result = replace(evaluator.evaluate(self.fetch(remote)), evaluator="worker")
             return {"ok": True, "worker": self.cfg.consumer, "result": result.as_dict()}
         except Exception as exc:  # reported back; the validator evaluates the peer itself

@@ -83,6 +83,12 @@ class FakeSubstrate:
     async def block_time(self) -> float:
         return 12.0
 
+    async def get_block(self, block_number: int | None = None, block_hash: str | None = None) -> dict | None:
+        number = self.head if block_number is None else block_number
+        if number > self.head:
+            return None
+        return {"header": {"number": number, "hash": await self.block_hash(number)}, "extrinsics": []}
+
     def _check_state(self, block_hash: str | None) -> None:
         """A pruning node answers only for its last ``kept_blocks`` blocks (as the real Substrate reports it)."""
         if block_hash is None or self.kept_blocks is None:

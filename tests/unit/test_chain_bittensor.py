@@ -15,6 +15,7 @@ from bittensor.sp_core import Keypair
 from chain.base import (
     U16_MAX,
     Chain,
+    ChainError,
     ChainUnavailableError,
     NotRegisteredError,
     RateLimitedError,
@@ -173,3 +174,10 @@ def test_timestamps_on_a_pruning_node_whose_genesis_has_no_time(fake: FakeSubstr
     assert chain.block_timestamp(500) == pytest.approx(now - 6000)  # pruned: extrapolated, not an error
     assert chain.block_timestamp(0) == pytest.approx(now - 12_000)  # genesis has Timestamp.Now = 0
     assert seconds_per_block(chain) == pytest.approx(12.0)
+
+
+def test_block_hash_from_the_header_and_none_before_the_block(chain: BittensorChain, fake: FakeSubstrate) -> None:
+    assert chain.block_hash(99) == f"0x{99:064x}"
+    assert chain.block_time_s() == 12.0
+    with pytest.raises(ChainError, match="not been produced"):
+        chain.block_hash(101)

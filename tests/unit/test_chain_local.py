@@ -71,6 +71,27 @@ def test_reopening_keeps_the_genesis_and_params(chain: LocalChain, clock: Clock)
     assert again.params == chain.params
 
 
+def test_block_hashes_are_secret_until_produced_and_the_same_for_every_reader(
+        chain: LocalChain, clock: Clock, tmp_path: Path) -> None:
+    clock.advance_blocks(5.5)
+    h = chain.block_hash(5)
+    assert h.startswith("0x") and len(h) == 66
+    assert LocalChain.open(chain.path, clock=clock).block_hash(5) == h  # another process reads the same hash
+    assert chain.block_hash(4) != h
+    with pytest.raises(ChainError, match="not been produced"):
+        chain.block_hash(6)
+    other = LocalChain.create(tmp_path / "other.db", block_time_s=1.0, clock=clock)
+    assert other.block_hash(0) != chain.block_hash(0)  # keyed by each file's own secret, not predictable
+    assert chain.block_time_s() == 1.0
+
+
+def test_a_chain_file_without_a_block_secret_gets_one(chain: LocalChain, clock: Clock) -> None:
+    with sqlite3.connect(chain.path) as c:
+        c.execute("DELETE FROM params WHERE key = 'block_secret'")
+    first = LocalChain.open(chain.path, clock=clock).block_hash(0)
+    assert LocalChain.open(chain.path, clock=clock).block_hash(0) == first
+
+
 def test_open_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ChainError, match="not found"):
         LocalChain.open(tmp_path / "missing.db")

@@ -19,6 +19,7 @@ from protocol.pages import (
     PageStoreError,
     assigned_pages,
     build_page_store,
+    control_pages,
     default_store,
     heldout_count,
     random_eval_pages,
@@ -250,6 +251,19 @@ def test_random_eval_pages_depend_on_secret_and_respect_exclusion() -> None:
         random_eval_pages(5, b"short", n, 8)
     with pytest.raises(ValueError, match="cannot sample"):
         random_eval_pages(5, SECRET, 12, 11, exclude=[0, 1])
+
+
+def test_control_pages_are_public_given_the_beacon_and_skip_assigned_pages() -> None:
+    n, beacon = 1011, bytes(range(32))
+    pages = control_pages(5, beacon, n, 4)
+    assert pages == control_pages(5, beacon, n, 4)  # every validator draws the same ones
+    assert pages != control_pages(5, bytes(32), n, 4) and pages != control_pages(6, beacon, n, 4)
+    assert pages != random_eval_pages(5, beacon, n, 4)  # another domain than a validator's secret draw
+    assert not set(control_pages(5, beacon, n, 4, exclude=pages[:2])) & set(pages[:2])
+    assert all(0 <= p < training_count(n) for p in pages)
+    assert control_pages(0, beacon, 1000, 4) == [176, 764, 614, 913]  # pinned across versions
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        control_pages(5, b"short", n, 4)
 
 
 def test_window_secret_is_per_window_and_one_way() -> None:

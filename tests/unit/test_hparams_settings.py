@@ -9,7 +9,7 @@ import pytest
 
 from protocol.hparams import SPEC_VERSION, HParams, HParamsError, load_hparams
 from protocol.settings import SettingsError, load_settings
-from protocol.windows import WindowParams, is_on_time, window_bounds, window_of
+from protocol.windows import WindowParams, beacon_block, is_on_time, window_bounds, window_of
 
 
 def test_packaged_hparams_match_defaults() -> None:
@@ -104,3 +104,12 @@ def test_windows() -> None:
     assert is_on_time(230.0, 100.0, 200.0, p)
     assert not is_on_time(230.5, 100.0, 200.0, p)
     assert not is_on_time(99.0, 100.0, 200.0, p)
+
+
+def test_beacon_block_is_the_first_block_after_the_upload_deadline() -> None:
+    p = WindowParams(blocks_per_window=10, genesis_block=5, upload_grace_s=30)
+    # window 2 ends at block 35; a 30 s grace covers 3 blocks of 10 s or 12 s, 2 of 15 s; then one more
+    assert beacon_block(2, p, 10.0) == 39 and beacon_block(2, p, 12.0) == 39 and beacon_block(2, p, 15.0) == 38
+    assert beacon_block(2, WindowParams(blocks_per_window=10, genesis_block=5, upload_grace_s=1), 12.0) == 37
+    with pytest.raises(ValueError, match="block_seconds"):
+        beacon_block(2, p, 0.0)

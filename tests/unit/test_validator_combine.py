@@ -5,13 +5,15 @@ Run: ``pytest tests/unit/test_validator_combine.py -q``
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from protocol.hparams import HParams
 from scoring.final import PeerState
 from scoring.ratings import Rating
-from validator.combine import combine_window
+from validator.combine import combine_window, control_improvement
 from validator.evaluate import EvalResult
 from validator.stage1 import Candidate, Decoded, Rejected, Stage1Result
 
@@ -67,6 +69,27 @@ def test_two_evaluated_peers_and_every_penalty() -> None:
     assert out["d"].score == 0.0 and out["d"].banned_until_window == W + HP.scoring.copy_ban_windows
     assert out["e"].score == 0.0 and peers["e"].status == "rejected"
     assert out["f"].score == 0.0 and out["f"].inactive_windows == 4
+
+
+def test_the_proof_of_work_is_measured_against_the_public_control_pages() -> None:
+    s1 = Stage1Result(accepted={"a": _cand("a"), "b": _cand("b")})
+    prev = {hk: PeerState() for hk in "ab"}
+    # Both pages improve 0.25 (before 4, after 3). The random pages improve 0.10 for both, so
+    # against them both would pass; the control pages improved 0.20 for a (pass) and 0.30 for b (fail).
+    page = ((4.0, 3.0), (4.0, 3.0))
+    results = {
+        "a": replace(_res("a", 4.0, 3.0, 4.0, 3.6), page_losses=page, loss_before_control=5.0, loss_after_control=4.0),
+        "b": replace(_res("b", 4.0, 3.0, 4.0, 3.6), page_losses=page, loss_before_control=5.0, loss_after_control=3.5),
+    }
+    peers = combine_window(W, prev=prev, stage1=s1, results=results, hp=HP).peers
+    assert peers["a"].indicator == 1 and peers["b"].indicator == -1
+    assert peers["a"].contribution == peers["b"].contribution == pytest.approx(0.1)  # the score stays on random pages
+    assert control_improvement(results["a"]) == pytest.approx(0.2)
+    assert control_improvement(_res("c", 4.0, 3.0, 4.0, 3.6)) == pytest.approx(0.1)  # no control: the random pages
+    broken = replace(_res("d", 4.0, 3.0, 4.0, 3.6), loss_before_control=5.0, loss_after_control=float("nan"))
+    s1.accepted["d"] = _cand("d")
+    out = combine_window(W, prev={**prev, "d": PeerState()}, stage1=s1, results={**results, "d": broken}, hp=HP)
+    assert "d" in out.broken
 
 
 def test_non_finite_loss_is_rejected_not_scored() -> None:

@@ -108,6 +108,29 @@ def test_page_losses_are_per_assigned_page_and_survive_json() -> None:
     assert EvalResult.from_dict(json.loads(json.dumps(r.as_dict()))) == r
 
 
+def test_control_pages_are_measured_in_the_same_forward_and_survive_json() -> None:
+    model = build_model(CFG, seed=3)
+    ev = WindowEvaluator(model, FakePages(), random_page_ids=[7, 8], control_page_ids=[9, 10])
+    delta = _delta(model, 4)
+    r = ev.evaluate(EvalJob("a", delta, 0.2, (1, 2)))
+    ref = build_model(CFG, seed=3)
+    with torch.inference_mode():
+        before = ref.per_sequence_loss(FakePages().pages([9, 10])).double().mean()
+        apply_in_place(ref, delta, 0.2)
+        after = ref.per_sequence_loss(FakePages().pages([9, 10])).double().mean()
+        after_random = ref.per_sequence_loss(FakePages().pages([7, 8])).double().mean()
+    assert r.loss_before_control == pytest.approx(float(before), rel=1e-6)
+    assert r.loss_after_control == pytest.approx(float(after), rel=1e-5)
+    assert r.loss_after_random == pytest.approx(float(after_random), rel=1e-5)  # still the random pages
+    import json
+
+    assert EvalResult.from_dict(json.loads(json.dumps(r.as_dict()))) == r
+    plain = WindowEvaluator(build_model(CFG, seed=3), FakePages(), random_page_ids=[7, 8]).evaluate(
+        EvalJob("a", delta, 0.2, (1, 2)))
+    assert plain.loss_before_control is None and plain.loss_after_control is None
+    assert plain.loss_after_random == pytest.approx(r.loss_after_random, rel=1e-6)
+
+
 def test_apply_and_restore_is_bit_exact() -> None:
     model = build_model(CFG, seed=1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
