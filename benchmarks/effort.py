@@ -39,11 +39,17 @@ from protocol.model import build_model, model_from_state, preset
 from protocol.pages import assigned_pages, control_pages, default_store, derive_seed, random_eval_pages
 from protocol.sync import apply_update, dense_to_update
 from scoring import final, ratings
-from scoring.loss import page_indicator, reach_contribution, relative_improvement, update_bma
+from scoring.loss import (
+    page_indicator,
+    page_rank_indicator,
+    reach_contribution,
+    relative_improvement,
+    update_bma,
+)
 from scoring.scale import step_factor
 from scoring.weights import compute_weights
 from scoring.work import work_gate
-from validator.combine import control_improvement
+from validator.combine import control_improvement, control_improvements
 from validator.evaluate import EvalJob, WindowEvaluator, eval_subset
 from validator.publish import outer_step
 
@@ -126,10 +132,10 @@ def run(windows: int, steps: list[int], seed: int = 0, pages: int = 2, micro_bat
             step = eta * step_factor(norms[name], median, hp.scoring.eval_norm, hp.scoring.eval_clip_ratio)
             r = ev.evaluate(EvalJob(name, dense_to_update(decoded[name]), step, pages, tuple(hp.scoring.eval_reach)))
             contrib[name] = reach_contribution(r.loss_before_random, r.loss_after_random, [a for _, a in r.reach_losses])
-            ind[name] = page_indicator([relative_improvement(b, a) for b, a in r.page_losses], control_improvement(r),
-                                       hp.scoring.indicator_margin)
+            ind[name] = {"pages": [relative_improvement(b, a) for b, a in r.page_losses],
+                         "controls": control_improvements(r), "control": control_improvement(r)}
         measured.append({"window": w, "median_norm": median,
-                         **{n: {"norm": norms[n], "contribution": contrib[n], "indicator": ind[n]} for n in names}})
+                         **{n: {"norm": norms[n], "contribution": contrib[n], **ind[n]} for n in names}})
         honest = [dense_to_update(decoded[f"honest-{s}"]) for s in steps]
         honest_norms = [norms[f"honest-{s}"] for s in steps]
         apply_update(state, outer_step(honest, honest_norms, {n: tuple(t.shape) for n, t in state.items()}, hp,
@@ -158,6 +164,11 @@ def score_windows(measured: list[dict], names: list[str], hp: HParams) -> list[d
     peer = {key: {n: final.PeerState() for n in members} for key, members in scenarios.items()}
     rows = []
     for w, m in enumerate(measured):
+        for n in names:  # this window's proof-of-work indicator under the test being scored (scoring.loss)
+            if "pages" in m[n]:
+                m[n]["indicator"] = (page_rank_indicator(m[n]["pages"], m[n]["controls"], sp.indicator_margin)
+                                     if sp.indicator_test == "rank"
+                                     else page_indicator(m[n]["pages"], m[n]["control"], sp.indicator_margin))
         row: dict = {"window": w, "median_norm": m["median_norm"]}
         for key, members in scenarios.items():
             rates[key] = ratings.update_ratings(rates[key], {n: m[n]["contribution"] for n in members}, sp)
@@ -209,6 +220,16 @@ def summarise(res: dict) -> dict:
     }
 
 
+def _proof_rules(hp: HParams, test: str | None, gate: str | None) -> HParams:
+    """``hp`` with the proof-of-work test and gate given on the command line (None: unchanged)."""
+    extra: dict = {} if test is None else {"scoring.indicator_test": test}
+    if gate:
+        floor, full, prior = gate.split(",")
+        extra.update({"scoring.proof_floor": float(floor), "scoring.proof_full": float(full),
+                      "scoring.proof_prior_windows": int(prior)})
+    return hp.override(**extra) if extra else hp
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=30)
@@ -220,6 +241,8 @@ def main() -> None:
     ap.add_argument("--reach", help="scoring.eval_reach as a comma list ('' = the step only; default: packaged)")
     ap.add_argument("--inner-lr", type=float, help="inner AdamW lr (default: localnet's 1e-3)")
     ap.add_argument("--temperature", type=float, help="scoring.score_temperature: exp(ordinal / T) instead of max(0, ordinal)")
+    ap.add_argument("--indicator-test", choices=["mean", "rank"], help="scoring.indicator_test (default: packaged)")
+    ap.add_argument("--gate", metavar="FLOOR,FULL,PRIOR", help="scoring.proof_floor, proof_full, proof_prior_windows")
     ap.add_argument("--json")
     ap.add_argument("--rescore", metavar="JSON",
                     help="score the measurements of an earlier --json run again (e.g. with --temperature) instead")
@@ -229,10 +252,15 @@ def main() -> None:
         hp = HParams.model_validate(res["hparams"]) if "hparams" in res else hparams()  # older files: packaged
         if args.temperature is not None:
             hp = hp.override(**{"scoring.score_temperature": args.temperature})
+        hp = _proof_rules(hp, args.indicator_test, args.gate)
+        res["hparams"] = hp.model_dump(mode="json")
         res["rows"] = score_windows(res["rows"], res["peers"], hp)
     else:
         res = run(args.windows, [int(s) for s in args.steps.split(",")], args.seed, args.pages, args.micro_batch,
                   args.eval_norm, args.reach, args.temperature, args.inner_lr)
+        if args.indicator_test or args.gate:
+            hp = _proof_rules(HParams.model_validate(res["hparams"]), args.indicator_test, args.gate)
+            res["hparams"], res["rows"] = hp.model_dump(mode="json"), score_windows(res["rows"], res["peers"], hp)
     summary = summarise(res)
     if args.json:
         Path(args.json).write_text(json.dumps({**res, "summary": summary}, indent=1))

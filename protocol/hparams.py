@@ -151,8 +151,13 @@ class ScoringParams(_Strict):
     )
     indicator_margin: float = Field(
         0.0, ge=0,
-        description="Assigned-data gain must beat random-data gain by this fraction of it (0: the reference's "
+        description="An assigned page's gain must beat the control pages' by this fraction of it (0: the reference's "
         "plain comparison; see scoring.loss).",
+    )
+    indicator_test: Literal["mean", "rank"] = Field(
+        "mean",
+        description="Per-page proof-of-work test (scoring.loss): 'mean' = +1 where the page beats the control pages' "
+        "mean gain; 'rank' = 2 x (share of control pages it beats) - 1, 0 on average for a page nobody trained on.",
     )
     openskill_beta: float = Field(7.0, gt=0)
     openskill_tau: float = Field(0.1, ge=0)

@@ -1,22 +1,26 @@
 """Proof of work: did the peer train on its own assigned pages? A gate on pay, tested across windows.
 
 Each evaluated window gives a per-page indicator in [-1, 1] (``scoring.loss.page_indicator``:
-+1 for an assigned page whose loss fell more than the random pages' did); ``bma`` is its
-exponential average (``scoring.loss.update_bma``). Here that average becomes a decision:
++1 for an assigned page whose loss fell more than the window's control pages' did); ``bma`` is
+its exponential average (``scoring.loss.update_bma``). The control pages and the evaluated
+assigned pages are drawn from the window's public beacon (``protocol.windows.beacon_block``), so
+every validator computes the same indicators, the same proof and the same gate.
+Here that average becomes a decision:
 
 * :func:`proof_of_work` removes the average's start-up bias, with ``proof_prior_windows`` (4)
   virtual passed windows in front, so a fixed threshold applies from the first window on;
 * :func:`work_gate` maps it to the share of pay the peer may earn: nothing at or below
   ``proof_floor`` (0.5), all of it at ``proof_full`` (1.0), linear between. A steeper gate
-  (0.8 to 0.95) separated partial work better but flipped on one validator's unlucky page and
-  not another's: three validators' weights shared only 48-79% of their mass in some epochs.
+  (0.8 to 0.95) separated partial work better; when each validator still measured against its
+  own random pages it flipped on one validator's unlucky page and not another's (three
+  validators' weights shared only 48-79% of their mass in some epochs).
 
 Measured (benchmarks/effort.py, tiny preset, both assigned pages evaluated, 30 windows): honest
 miners of 2..32 inner steps average +1.00 and the 1-step one +0.90; one that trains half its pages
 on another hotkey's +0.73; one that trains only other pages +0.07, noise +0.13. Wrong pages and
 noise are shut out from the first windows; the half-page miner keeps ~64% of its pay. A steeper
 gate (0.8 to 0.95) shut it out too, but on the local chain 12% of honest miner-windows fail a
-page, each validator against its own random pages, so that gate split the validators.
+page, and such a gate shuts honest miners too (benchmarks/RESULTS.md, "Effort").
 Pure functions, no I/O.
 """
 
@@ -32,9 +36,7 @@ def proof_of_work(bma: float, evaluated_windows: int, alpha: float, prior_window
     dividing by the weight seen so far, ``1 - (1 - alpha) ** n``, removes that bias (as in Adam's
     moment estimates). The prior windows are counted as passed before the first real one: with
     two pages per window one unlucky page in a newcomer's first windows would otherwise shut the
-    gate at one validator and not at another (they measure against their own random pages), and
-    validators whose weights disagree lose consensus (``benchmarks/RESULTS.md``, "Effort"). A peer
-    never evaluated has only the prior: 1.0 with one, 0.0 without.
+    gate on an honest miner. A peer never evaluated has only the prior: 1.0 with one, 0.0 without.
     """
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")

@@ -281,13 +281,12 @@ def published_result(r: Receipt) -> EvalResult | None:
     try:
         pages = tuple((float(p["before"]), float(p["after"])) for p in r.details.get("assigned_pages") or ())
         reach = tuple((float(p["multiple"]), float(p["after"])) for p in r.details.get("reach") or ())
-        control = r.details.get("control")
-        before_c, after_c = (float(control["before"]), float(control["after"])) if control else (None, None)
+        control = tuple((float(p["before"]), float(p["after"])) for p in r.details.get("control_pages") or ())
     except (TypeError, KeyError, ValueError):
         raise AuditError(f"the receipt of {r.hotkey} has malformed per-page, control or reach losses") from None
     return EvalResult(r.hotkey, *(float(x) for x in losses), estimate=float(r.estimate or 0.0),  # type: ignore[arg-type]
                       seconds=float(r.eval_seconds or 0.0), page_losses=pages, reach_losses=reach,
-                      loss_before_control=before_c, loss_after_control=after_c)
+                      control_losses=control)
 
 
 def stage2(theta: GlobalModel, pages: PageSource, plan: Stage2Plan, targets: list[str],

@@ -100,7 +100,7 @@ EXACT = ("status", "reject_reason", "copy_of_hotkey", "payload_hash", "upload_by
 ARITHMETIC = ("details.norm", "details.median_norm", "details.eval_step", "sync_score", "bma_after",
               "rating_mu_before", "rating_sigma_before")
 LOSSES = ("loss_before_assigned", "loss_after_assigned", "loss_before_random", "loss_after_random",
-          "details.exact_change_random", "details.control.before", "details.control.after")
+          "details.exact_change_random")
 RATINGS = ("rating_mu_after", "rating_sigma_after", "final_score")
 #: What the validator and the auditor must share for the numbers to be comparable at all.
 SETUP_EXACT = ("setup.spec_version", "setup.hparams_digest", "setup.model", "setup.model_seed", "setup.data_digest",
@@ -169,7 +169,8 @@ def close(hotkey: str, field: str, published: Any, recomputed: Any, tol: Tol) ->
 
 
 #: Lists of losses in ``details``: field, its exact key, its loss keys.
-LOSS_LISTS = (("details.assigned_pages", "page", ("before", "after")), ("details.reach", "multiple", ("after",)))
+LOSS_LISTS = (("details.assigned_pages", "page", ("before", "after")), ("details.reach", "multiple", ("after",)),
+              ("details.control_pages", "page", ("before", "after")))
 
 
 def _loss_list(hotkey: str, field: str, key: str, losses: tuple[str, ...], published: Any, recomputed: Any,

@@ -104,15 +104,15 @@ def _measure(stage1: Stage1Result, results: Mapping[str, EvalResult]
             further = [a for _c, a in r.reach_losses if math.isfinite(a)]
             contributions[hk] = loss.reach_contribution(r.loss_before_random, r.loss_after_random, further)
             loss.relative_improvement(r.loss_before_assigned, r.loss_after_assigned)
-            control_improvement(r)
+            control_improvements(r)
             evaluated[hk] = r
         except ValueError:  # the loss after the step is not finite
             broken.add(hk)
     return evaluated, contributions, broken
 
 
-def control_improvement(r: EvalResult) -> float:
-    """What each assigned page's improvement must beat: the public control pages', at the same step.
+def control_improvements(r: EvalResult) -> list[float]:
+    """What each assigned page's improvement must beat: the public control pages', at the same step, per page.
 
     Every validator of the window measures the same control pages (``protocol.pages.control_pages``)
     against the same theta, so they reach the same proof-of-work verdict; a validator's own random
@@ -121,9 +121,30 @@ def control_improvement(r: EvalResult) -> float:
     """
     from scoring import loss
 
-    if r.loss_before_control is not None and r.loss_after_control is not None:
-        return loss.relative_improvement(r.loss_before_control, r.loss_after_control)
+    if r.control_losses:
+        return [loss.relative_improvement(b, a) for b, a in r.control_losses]
+    return [loss.contribution(r.loss_before_random, r.loss_after_random)]
+
+
+def control_improvement(r: EvalResult) -> float:
+    """The control pages' improvement as one measurement (their mean loss before and after)."""
+    from scoring import loss
+
+    if r.control_losses:
+        n = len(r.control_losses)
+        return loss.relative_improvement(sum(b for b, _ in r.control_losses) / n, sum(a for _, a in r.control_losses) / n)
     return loss.contribution(r.loss_before_random, r.loss_after_random)
+
+
+def work_indicator(r: EvalResult, test: str, margin: float) -> float:
+    """This window's proof-of-work indicator (``scoring.indicator_test``: ``mean`` or ``rank``, ``scoring.loss``)."""
+    from scoring import loss
+
+    pages = ([loss.relative_improvement(b, a) for b, a in r.page_losses] if r.page_losses
+             else [loss.relative_improvement(r.loss_before_assigned, r.loss_after_assigned)])
+    if test == "rank":
+        return loss.page_rank_indicator(pages, control_improvements(r), margin)
+    return loss.page_indicator(pages, control_improvement(r), margin)
 
 
 def combine_window(
@@ -148,13 +169,7 @@ def combine_window(
         ind = sync = None
         if hk in evaluated:
             r = evaluated[hk]
-            reference = control_improvement(r)
-            if r.page_losses:  # per page: training on part of the assigned pages shows (scoring.loss)
-                ind = loss.page_indicator([loss.relative_improvement(b, a) for b, a in r.page_losses],
-                                          reference, sp.indicator_margin)
-            else:
-                ind = loss.indicator(loss.relative_improvement(r.loss_before_assigned, r.loss_after_assigned),
-                                     reference, sp.indicator_margin)
+            ind = work_indicator(r, sp.indicator_test, sp.indicator_margin)  # per page (scoring.loss)
             sync = fin.sync_score(stage1.accepted[hk].steps_behind, sp.sync_max_behind, sp.sync_exponent)
             verdict = Verdict.evaluated(window, new_ratings[hk], loss.update_bma(p.bma, ind, sp.indicator_alpha), sync)
             status = "accepted"

@@ -121,10 +121,10 @@ class EvalResult:
     #: (multiple, random loss at theta - multiple * step * delta) for the job's ``reach``: how far the
     #: direction keeps lowering the loss (``scoring.loss.reach_contribution``).
     reach_losses: tuple[tuple[float, float], ...] = ()
-    #: Loss on the window's public control pages before and after the step (None: no control pages,
-    #: e.g. from a worker of an older version; the proof of work then falls back to the random pages).
-    loss_before_control: float | None = None
-    loss_after_control: float | None = None
+    #: (before, after) per control page, in ``control_page_ids`` order: what the per-page proof of work
+    #: is measured against. Empty: no control pages (a worker of an older version); the proof of work
+    #: then falls back to the random pages.
+    control_losses: tuple[tuple[float, float], ...] = ()
     #: Where the numbers were computed (published in the receipt): device class and parameter dtype
     #: set the tolerance an auditor recomputing them on other hardware needs; ``evaluator`` says
     #: whether a worker did it (its "before" batches hold other pages than the validator's).
@@ -140,7 +140,9 @@ class EvalResult:
         """The inverse of :meth:`as_dict` after a JSON round trip (lists back to tuples)."""
         pages = tuple((float(b), float(a)) for b, a in data.get("page_losses", ()))  # type: ignore[attr-defined]
         reach = tuple((float(c), float(a)) for c, a in data.get("reach_losses", ()))  # type: ignore[attr-defined]
-        return cls(**{**data, "page_losses": pages, "reach_losses": reach})  # type: ignore[arg-type]
+        control = tuple((float(b), float(a)) for b, a in data.get("control_losses", ()))  # type: ignore[attr-defined]
+        return cls(**{**data, "page_losses": pages, "reach_losses": reach,  # type: ignore[arg-type]
+                      "control_losses": control})
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +228,8 @@ class WindowEvaluator:
         self._before: dict[int, torch.Tensor] = {}  # page id -> per-sequence losses at theta_W
         self._grad: dict[str, torch.Tensor] | None = None
         self.loss_before_random = self._page_losses_before(self.random_page_ids)
-        self.loss_before_control = self._page_losses_before(self.control_page_ids) if self.control_page_ids else None
+        if self.control_page_ids:
+            self._page_losses_before(self.control_page_ids)
 
     # -- shared "before" losses
     def _page_losses_before(self, page_ids: Sequence[int]) -> float:
@@ -264,6 +267,13 @@ class WindowEvaluator:
         d = torch.cat([update[n][1] for n in names])
         return first_order_estimate(g, d, step)
 
+    def _per_page(self, page_ids: Sequence[int], after: torch.Tensor) -> tuple[tuple[float, float], ...]:
+        """(before, after) mean loss per page, from the per-sequence "after" losses of those pages in order."""
+        if not page_ids:
+            return ()
+        return tuple((float(self._before[p].double().mean()), float(a.mean()))
+                     for p, a in zip(page_ids, after.chunk(len(page_ids)), strict=True))
+
     # -- exact before/after
     def evaluate(self, job: EvalJob) -> EvalResult:
         t0 = time.perf_counter()
@@ -286,9 +296,8 @@ class WindowEvaluator:
             finally:
                 restore(saved)
         n, m = assigned.shape[0], assigned.shape[0] + control.shape[0]
-        after = losses[:n].chunk(len(job.assigned_page_ids)) if n else ()
-        page_losses = tuple((float(self._before[p].double().mean()), float(a.mean()))
-                            for p, a in zip(job.assigned_page_ids, after, strict=True))
+        page_losses = self._per_page(job.assigned_page_ids, losses[:n])
+        control_losses = self._per_page(self.control_page_ids, losses[n:m])
         return EvalResult(
             hotkey=job.hotkey,
             loss_before_assigned=before_assigned,
@@ -299,8 +308,7 @@ class WindowEvaluator:
             seconds=time.perf_counter() - t0,
             page_losses=page_losses,
             reach_losses=tuple(reach),
-            loss_before_control=self.loss_before_control,
-            loss_after_control=float(losses[n:m].mean()) if m > n else None,
+            control_losses=control_losses,
             device=self.compute.torch_device.type,
             dtype=str(DTYPES[self.compute.dtype]).removeprefix("torch."),  # float32 or bfloat16 (autocast)
         )

@@ -2,7 +2,7 @@
 
 A receipt holds everything needed to re-check a score: the upload (hash, size, store
 time), the filters passed or the reason rejected, the pages and seed of the evaluation, the
-window's public beacon and control pages (``details["beacon"]``, ``details["control"]``),
+window's public beacon and control pages (``details["beacon"]``, ``details["control_pages"]``),
 the base model hash, the exact losses and the first-order estimate, the rating before and
 after, the final score. The window's secret seed is stored with it but published only
 once the window is scored (``Window.published_seed``).
@@ -88,13 +88,15 @@ def _accepted(r: Evaluation, cand: Candidate, s1: Stage1Result, plan: Stage2Plan
                                "control_pages": list(plan.control_page_ids)}
 
 
-def _measured(r: Evaluation, res: EvalResult, out: PeerOutcome, page_ids: Sequence[int] | None) -> None:
+def _measured(r: Evaluation, res: EvalResult, out: PeerOutcome, page_ids: Sequence[int] | None,
+              plan: Stage2Plan) -> None:
     r.loss_before_assigned, r.loss_after_assigned = res.loss_before_assigned, res.loss_after_assigned
     r.loss_before_random, r.loss_after_random = res.loss_before_random, res.loss_after_random
     r.estimate, r.contribution, r.indicator, r.eval_seconds = res.estimate, out.contribution, out.indicator, res.seconds
     r.details["exact_change_random"] = res.loss_after_random - res.loss_before_random
-    if res.loss_after_control is not None:  # what the per-page proof of work is measured against
-        r.details["control"] = {"before": res.loss_before_control, "after": res.loss_after_control}
+    if res.control_losses:  # what the per-page proof of work is measured against
+        r.details["control_pages"] = [{"page": p, "before": b, "after": a}
+                                      for p, (b, a) in zip(plan.control_page_ids, res.control_losses, strict=True)]
     if res.reach_losses:  # the random loss further along the direction (scoring.loss.reach_contribution)
         r.details["reach"] = [{"multiple": c, "after": a} for c, a in res.reach_losses]
     if res.page_losses and page_ids is not None:
@@ -132,7 +134,7 @@ def build_receipts(
                     r.details["setup"] = _setup(setup, job.step, plan.remote[hk].url if hk in plan.remote else None,
                                                 results.get(hk))
         if hk in results:
-            _measured(r, results[hk], out, job.assigned_page_ids if job is not None else None)
+            _measured(r, results[hk], out, job.assigned_page_ids if job is not None else None, plan)
         rej = s1.rejected.get(hk)
         if rej is not None:
             _rejected(r, rej)

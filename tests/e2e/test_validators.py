@@ -3,8 +3,8 @@
 Run A: three validators (stakes 1000/700/500), the third started two windows late, three honest
 miners and a few adversaries, 8 windows. Every validator computes the same model hash in every
 window, no honest miner is ever out of sync after its first synced window, weights agree
-(shared weight >= 0.8 between every pair in every epoch, median Spearman >= 0.9)
-and every validator's Yuma trust ends >= 0.85.
+(Spearman >= 0.9 and shared weight >= 0.8 between every pair in every epoch)
+and every validator's Yuma trust ends >= 0.95.
 
 Run B: the publishing validator is killed with SIGKILL mid-run and restarted only 45 s later
 (``--restart-delay``, like systemd's RestartSec): the next validator by stake takes over within
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -35,14 +34,16 @@ from validator.db.models import Evaluation, FollowState, WeightSet, Window
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-# Agreement between two validators' weights in one epoch. Each validator draws its own random
-# pages, so a miner near the pay threshold (the stale miner's decaying genesis score, the
-# weakest honest miner) can get 1-2 % from one validator and nothing from another. With six
-# miners that single tie-break takes Spearman's rho to 0.898 (a CI run), two of them to 0.74,
-# while the weight both give to the same miners stays above 0.94. So the bar in every epoch is
-# on shared weight (what Yuma's clipping looks at), and on rank agreement over the whole run.
+# Agreement between two validators' weights in one epoch: the issue's bar, Spearman's rho >= 0.9
+# in every epoch and every validator's Yuma trust >= 0.95, plus the share of weight both give to
+# the same miners (what Yuma's clipping looks at). Each validator still ranks peers on its own
+# random pages, but the proof of work, and with it the gate on pay, is measured on the window's
+# public control pages, so all of them gate alike (scoring.work). Before that, a miner near the
+# pay threshold could get 1-2 % from one validator and nothing from another: rho 0.898 in a CI
+# run, and the genesis validators' trust 0.955-0.957 (benchmarks/RESULTS.md, "Validators").
 MIN_OVERLAP = 0.8
-MIN_MEDIAN_RHO = 0.9
+MIN_RHO = 0.9
+MIN_TRUST = 0.95
 
 
 def _db(url: str) -> dict[str, Any]:
@@ -126,15 +127,10 @@ def check_agreement_run(run_dir: Path) -> None:
     miner_uids = sorted(p["uid"] for p in peers.values())
     pairs = pairwise_agreement({name: d["weights"] for name, d in dbs.items()}, miner_uids)
     assert len(pairs) >= 8, pairs
-    low = [p for p in pairs if p.overlap < MIN_OVERLAP]
+    low = [p for p in pairs if p.overlap < MIN_OVERLAP or p.rho < MIN_RHO]
     assert not low, (low, {name: d["weights"] for name, d in dbs.items()})
-    assert statistics.median(p.rho for p in pairs) >= MIN_MEDIAN_RHO, pairs
     for name, v in summary["validators"].items():
-        # Ranks agree (rho above); magnitudes differ: the late validator's ratings have less history
-        # (0.90-0.99 over five runs), and every validator's per-page indicators come from its own
-        # random pages, so their bma differ (a genesis validator measured 0.937 once the indicator
-        # went per page, scoring.loss; 1.00 before).
-        assert v["validator_trust"] is not None and v["validator_trust"] >= 0.85, (name, v["validator_trust"])
+        assert v["validator_trust"] is not None and v["validator_trust"] >= MIN_TRUST, (name, v["validator_trust"])
         assert v["follow"]["state"] in ("following", "waiting"), (name, v["follow"])
     # The honest miners are paid, the cheats are not.
     for n, p in peers.items():

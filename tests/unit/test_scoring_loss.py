@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from scoring.loss import contribution, first_order_estimate, indicator, relative_improvement, update_bma
+from scoring.loss import (
+    contribution,
+    first_order_estimate,
+    indicator,
+    page_indicator,
+    page_rank_indicator,
+    relative_improvement,
+    update_bma,
+)
 
 
 def test_contribution_hand_computed() -> None:
@@ -146,3 +154,25 @@ def test_work_gate_hand_computed() -> None:
     assert work_gate(0.8, 0.8, 0.95) == 0.0
     with pytest.raises(ValueError):
         work_gate(0.9, 0.95, 0.8)
+
+
+def test_page_rank_indicator_hand_computed() -> None:
+    controls = [0.1, 0.2, 0.3, 0.05]
+    assert page_rank_indicator([0.35], controls) == 1.0  # beats all four
+    assert page_rank_indicator([0.01], controls) == -1.0  # beats none
+    assert page_rank_indicator([0.25, 0.15], controls) == pytest.approx((0.5 + 0.0) / 2)
+    assert page_rank_indicator([0.25], controls, margin=0.5) == pytest.approx(0.0)  # now beats 0.1 and 0.05 only
+    assert page_rank_indicator([], controls) == -1.0
+    with pytest.raises(ValueError, match="control page"):
+        page_rank_indicator([0.1], [])
+
+
+def test_an_untrained_page_averages_zero_under_the_rank_test_whatever_the_skew() -> None:
+    import random
+
+    rng = random.Random(0)
+    draws = [rng.lognormvariate(0, 1.0) for _ in range(20000)]  # right-skewed gains
+    samples = [page_rank_indicator([draws[i]], draws[i + 1:i + 5]) for i in range(0, 20000 - 5, 5)]
+    assert abs(sum(samples) / len(samples)) < 0.03
+    mean_test = [page_indicator([draws[i]], sum(draws[i + 1:i + 5]) / 4) for i in range(0, 20000 - 5, 5)]
+    assert sum(mean_test) / len(mean_test) < -0.1  # against the mean, the same page is biased by the skew

@@ -13,7 +13,7 @@ import torch
 from protocol.hparams import HParams
 from scoring.final import PeerState
 from scoring.ratings import Rating
-from validator.combine import combine_window, control_improvement
+from validator.combine import combine_window, control_improvement, work_indicator
 from validator.evaluate import EvalResult
 from validator.stage1 import Candidate, Decoded, Rejected, Stage1Result
 
@@ -78,18 +78,32 @@ def test_the_proof_of_work_is_measured_against_the_public_control_pages() -> Non
     # against them both would pass; the control pages improved 0.20 for a (pass) and 0.30 for b (fail).
     page = ((4.0, 3.0), (4.0, 3.0))
     results = {
-        "a": replace(_res("a", 4.0, 3.0, 4.0, 3.6), page_losses=page, loss_before_control=5.0, loss_after_control=4.0),
-        "b": replace(_res("b", 4.0, 3.0, 4.0, 3.6), page_losses=page, loss_before_control=5.0, loss_after_control=3.5),
+        "a": replace(_res("a", 4.0, 3.0, 4.0, 3.6), page_losses=page, control_losses=((5.0, 4.0), (5.0, 4.0))),
+        "b": replace(_res("b", 4.0, 3.0, 4.0, 3.6), page_losses=page, control_losses=((5.0, 3.5), (5.0, 3.5))),
     }
     peers = combine_window(W, prev=prev, stage1=s1, results=results, hp=HP).peers
     assert peers["a"].indicator == 1 and peers["b"].indicator == -1
     assert peers["a"].contribution == peers["b"].contribution == pytest.approx(0.1)  # the score stays on random pages
     assert control_improvement(results["a"]) == pytest.approx(0.2)
     assert control_improvement(_res("c", 4.0, 3.0, 4.0, 3.6)) == pytest.approx(0.1)  # no control: the random pages
-    broken = replace(_res("d", 4.0, 3.0, 4.0, 3.6), loss_before_control=5.0, loss_after_control=float("nan"))
+    broken = replace(_res("d", 4.0, 3.0, 4.0, 3.6), control_losses=((5.0, float("nan")),))
     s1.accepted["d"] = _cand("d")
     out = combine_window(W, prev={**prev, "d": PeerState()}, stage1=s1, results={**results, "d": broken}, hp=HP)
     assert "d" in out.broken
+
+
+def test_the_rank_test_counts_the_control_pages_each_page_beats() -> None:
+    # Pages improve 0.25 and 0.15; the four control pages 0.10, 0.20, 0.30, 0.05 (their mean 0.1625).
+    r = replace(_res("a", 4.0, 3.0, 4.0, 3.6), page_losses=((4.0, 3.0), (4.0, 3.4)),
+                control_losses=((4.0, 3.6), (4.0, 3.2), (4.0, 2.8), (4.0, 3.8)))
+    # rank: 0.25 beats 3 of 4 -> +0.5; 0.15 beats 2 of 4 -> 0.0; mean +0.25.  mean test: +1 and -1 -> 0.
+    assert work_indicator(r, "rank", 0.0) == pytest.approx(0.25)
+    assert work_indicator(r, "mean", 0.0) == pytest.approx(0.0)
+    rank = HP.override(**{"scoring.indicator_test": "rank"})
+    s1 = Stage1Result(accepted={"a": _cand("a"), "b": _cand("b")})
+    peers = combine_window(W, prev={"a": PeerState(), "b": PeerState()}, stage1=s1,
+                           results={"a": r, "b": replace(r, hotkey="b")}, hp=rank).peers
+    assert peers["a"].indicator == pytest.approx(0.25)
 
 
 def test_non_finite_loss_is_rejected_not_scored() -> None:
