@@ -131,17 +131,18 @@ class ScoringParams(_Strict):
     )
     indicator_alpha: float = Field(0.05, gt=0, le=1, description="bma <- (1-a)*bma + a*indicator.")
     proof_floor: float = Field(
-        0.5, ge=-1, lt=1,
+        0.6, ge=-1, lt=1,
         description="Proof of work (bias-corrected bma, scoring.work.proof_of_work) at or below which a peer earns "
-        "nothing: a peer that trains on half its assigned pages averages ~0.7 (keeps ~44%), an honest one 0.9-1.0.",
+        "nothing. Under the rank test a peer that trains on half its assigned pages averages ~0.48, honest ones "
+        "0.77-0.89, a page nobody trained on 0 (benchmarks/RESULTS.md, Effort).",
     )
     proof_full: float = Field(
-        1.0, gt=-1, le=1, description="Proof of work at or above which the work gate is fully open (linear between)."
+        0.8, gt=-1, le=1, description="Proof of work at or above which the work gate is fully open (linear between)."
     )
     proof_prior_windows: int = Field(
         4, ge=0,
-        description="Virtual passed windows in front of a peer's first: one unlucky page early must not shut the "
-        "gate at one validator and not at another (scoring.work).",
+        description="Virtual passed windows in front of a peer's first: one unlucky page early must not shut an "
+        "honest newcomer's gate (scoring.work).",
     )
     score_temperature: float | None = Field(
         None, gt=0,
@@ -155,7 +156,7 @@ class ScoringParams(_Strict):
         "plain comparison; see scoring.loss).",
     )
     indicator_test: Literal["mean", "rank"] = Field(
-        "mean",
+        "rank",
         description="Per-page proof-of-work test (scoring.loss): 'mean' = +1 where the page beats the control pages' "
         "mean gain; 'rank' = 2 x (share of control pages it beats) - 1, 0 on average for a page nobody trained on.",
     )

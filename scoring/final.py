@@ -4,8 +4,8 @@
 
 * ``ordinal = mu - 3·sigma`` of the peer's OpenSkill rating (``scoring.ratings``);
 * ``proof`` the bias-corrected average of the per-page proof-of-work indicator
-  (``scoring.work.proof_of_work``) and ``gate`` 0 at or below ``proof_floor`` (0.5), 1 at
-  ``proof_full`` (1.0), linear between (``scoring.work.work_gate``);
+  (``scoring.work.proof_of_work``) and ``gate`` 0 at or below ``proof_floor`` (0.6), 1 at
+  ``proof_full`` (0.8), linear between (``scoring.work.work_gate``);
 * ``sync_score = (1 - min(steps_behind, 5) / 5) ^ 2.5`` (``sync_max_behind``, ``sync_exponent``).
 
 *Why no shift of the ordinal.* ``ordinal`` starts at 0 for a new peer and Plackett-Luce moves mu

@@ -26,7 +26,7 @@ def test_defaults_unchanged() -> None:
     # The outer step and the evaluation step measured in benchmarks/RESULTS.md.
     # Scale-invariant scoring with reach, the work gate and exp(ordinal / T): RESULTS.md "Effort".
     assert hp.scoring.eval_norm == "cap" and hp.scoring.eval_reach == (4.0, 16.0, 64.0)
-    assert (hp.scoring.proof_floor, hp.scoring.proof_full, hp.scoring.score_temperature) == (0.5, 1.0, None)
+    assert (hp.scoring.proof_floor, hp.scoring.proof_full, hp.scoring.score_temperature) == (0.6, 0.8, None)
     assert (hp.outer.rule, hp.outer.lr) == ("selected_mean", 0.25)
     assert hp.scoring.eval_step_scale * hp.outer.lr == 0.2
 

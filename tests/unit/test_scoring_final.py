@@ -62,16 +62,18 @@ def test_final_score_hand_computed() -> None:
 
 def test_evaluated_outcome_scores_through_the_work_gate() -> None:
     # First evaluated window after 4 virtual passed ones: proof = (bma + 0.95 x (1 - 0.95^4)) / (1 - 0.95^5)
-    # = (bma + 0.176219) / 0.226219; gate = (proof - 0.5) / (1 - 0.5).
+    # = (bma + 0.176219) / 0.226219; gate = (proof - 0.6) / (0.8 - 0.6), clipped to [0, 1].
     high = Rating(30.0, 7.0)  # ordinal 9
     full = apply_penalties(PeerState(), Verdict.evaluated(5, high, 0.05, 1.0), P)  # indicator +1: proof 1
     assert full.score == pytest.approx(9.0) and full.evaluated_windows == 1
     half = apply_penalties(PeerState(), Verdict.evaluated(5, high, 0.0, 1.0), P)  # indicator 0: proof 0.778975
-    assert half.score == pytest.approx(9 * 0.557951, rel=1e-5)  # 5.021559
+    assert half.score == pytest.approx(9 * 0.894877, rel=1e-5)  # 8.053889
+    part = apply_penalties(PeerState(), Verdict.evaluated(5, high, -0.02, 1.0), P)  # -0.4: proof 0.690565
+    assert part.score == pytest.approx(9 * 0.452827, rel=1e-5)  # 4.075444
     low = apply_penalties(PeerState(), Verdict.evaluated(5, high, -0.05, 1.0), P)  # -1: proof 0.557951
-    assert low.score == pytest.approx(9 * 0.115901, rel=1e-4)  # 1.043109
+    assert low.score == 0.0  # below the floor
     shut = apply_penalties(PeerState(evaluated_windows=40), Verdict.evaluated(45, high, 0.4, 1.0), P)
-    assert shut.score == 0.0  # a long record below 0.5: the gate is shut
+    assert shut.score == 0.0  # a long record below 0.6: the gate is shut
     low = Rating(20.0, 7.0)  # ordinal -1: nothing, proof or not
     assert apply_penalties(PeerState(), Verdict.evaluated(5, low, 0.05, 1.0), P).score == 0.0
     exp = ScoringParams(score_temperature=20.0)  # the measured alternative: e^(-1/20) = 0.951229

@@ -63,7 +63,7 @@ def test_two_evaluated_peers_and_every_penalty() -> None:
     assert a.score == pytest.approx(a.rating.mu - 3 * a.rating.sigma)
     assert a.score == pytest.approx(2.7555, abs=1e-3)
     assert peers["b"].sync == pytest.approx((1 - 1 / 5) ** 2.5)  # one window behind
-    # b: indicator -1 after 4 virtual passes: proof 0.557951, gate 0.115901, one window behind
+    # b: indicator -1 after 4 virtual passes: proof 0.557951, below the 0.6 floor: gate shut
     assert b.rating.mu - 3 * b.rating.sigma < 0 and b.score == 0.0  # and its ordinal is negative: nothing
     assert out["c"].score == pytest.approx(1.5) and peers["c"].status == "missing"  # x0.75
     assert out["d"].score == 0.0 and out["d"].banned_until_window == W + HP.scoring.copy_ban_windows
