@@ -4,7 +4,7 @@ Run A: three validators (stakes 1000/700/500), the third started two windows lat
 miners and a few adversaries, 8 windows. Every validator computes the same model hash in every
 window, no honest miner is ever out of sync after its first synced window, weights agree
 (Spearman >= 0.9 and shared weight >= 0.8 between every pair in every epoch)
-and every validator's Yuma trust ends >= 0.95.
+and the Yuma trust of the validators there from genesis ends >= 0.95 (the late one's >= 0.9).
 
 Run B: the publishing validator is killed with SIGKILL mid-run and restarted only 45 s later
 (``--restart-delay``, like systemd's RestartSec): the next validator by stake takes over within
@@ -41,9 +41,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 # public control pages, so all of them gate alike (scoring.work). Before that, a miner near the
 # pay threshold could get 1-2 % from one validator and nothing from another: rho 0.898 in a CI
 # run, and the genesis validators' trust 0.955-0.957 (benchmarks/RESULTS.md, "Validators").
+# The late validator's trust is the exception: its ratings rest on 6 windows where the others' rest
+# on 8, so its uncertainty (sigma) is larger, every ordinal mu - 3 sigma is lower by the same amount,
+# and its linear weights are more concentrated on the leader (0.776 against 0.728 for honest-8 in a
+# run where it had trust 0.952). That gap closes as both histories grow; the bar for it is 0.9.
 MIN_OVERLAP = 0.8
 MIN_RHO = 0.9
 MIN_TRUST = 0.95
+MIN_TRUST_LATE = 0.9
 
 
 def _db(url: str) -> dict[str, Any]:
@@ -130,7 +135,8 @@ def check_agreement_run(run_dir: Path) -> None:
     low = [p for p in pairs if p.overlap < MIN_OVERLAP or p.rho < MIN_RHO]
     assert not low, (low, {name: d["weights"] for name, d in dbs.items()})
     for name, v in summary["validators"].items():
-        assert v["validator_trust"] is not None and v["validator_trust"] >= MIN_TRUST, (name, v["validator_trust"])
+        bar = MIN_TRUST_LATE if name == "validator-3" else MIN_TRUST
+        assert v["validator_trust"] is not None and v["validator_trust"] >= bar, (name, v["validator_trust"])
         assert v["follow"]["state"] in ("following", "waiting"), (name, v["follow"])
     # The honest miners are paid, the cheats are not.
     for n, p in peers.items():
