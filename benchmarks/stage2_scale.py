@@ -161,7 +161,7 @@ def main() -> None:
 
     print(f"$ python -m benchmarks.stage2_scale {' '.join(sys.argv[1:])}")
     print(f"preset {args.preset}, {args.device}/{args.dtype}, batch per peer: {args.eval_pages} assigned + "
-          f"{args.eval_pages} random pages x {args.page_seqs} x {args.seq_len} tokens")
+          f"{args.eval_pages} control + {args.eval_pages} random pages x {args.page_seqs} x {args.seq_len} tokens")
     rows = []
     for n in (int(x) for x in args.peers.split(",")):
         r = _run(args, n)
