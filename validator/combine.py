@@ -8,12 +8,12 @@ Per registered peer, exactly one of:
 
 * **evaluated** (passed both stages): contribution = best relative improvement of the random
   loss at the evaluation step and its ``eval_reach`` multiples along the delta, sized by the size
-  rule (``scoring.scale``, ``scoring.loss.reach_contribution``); indicator = mean over the
-  assigned pages of +1 where the page's improvement beats the public control pages' at the
-  evaluation step (:func:`control_improvement`), else -1; bma <- (1-a) bma + a indicator; the OpenSkill (Plackett-Luce) update ranks all
-  evaluated peers of the window by contribution; final = max(0, ordinal) x work
-  gate(bias-corrected bma) x sync_score, or exp(ordinal / T) with ``score_temperature``
-  (``scoring.final``).
+  rule (``scoring.scale``, ``scoring.loss.reach_contribution``); indicator = the per-page proof of
+  work against the window's public control pages at the evaluation step (:func:`work_indicator`:
+  packaged, each assigned page's rank among the control pages); bma <- (1-a) bma + a indicator;
+  the OpenSkill (Plackett-Luce) update ranks all evaluated peers of the window by contribution;
+  final = max(0, ordinal) x work gate(bias-corrected bma) x sync_score, or exp(ordinal / T) with
+  ``score_temperature`` (``scoring.final``).
 * otherwise a ``scoring.final.Verdict`` chosen from the stored reason (missing /
   timeout / storage unavailable / foreign / wrong window -> missing; late / early -> late;
   out_of_sync; copy or replay -> copy; our own evaluation failure -> inactive; anything
