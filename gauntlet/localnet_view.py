@@ -50,16 +50,18 @@ class View:
         return [w for (w,) in rows]
 
     def window_rows(self, window: int) -> list[Row]:
+        """The window's receipts, with the weights set for it, or (not set yet) the ones its scores imply."""
         with self.engine.connect() as c:
             evals = c.execute(sa.select(Evaluation.hotkey, Evaluation.uid, Evaluation.status,
-                                        Evaluation.reject_reason, Evaluation.final_score)
+                                        Evaluation.reject_reason, Evaluation.final_score, Evaluation.weight)
                               .where(Evaluation.window == window)).all()
             ws = c.execute(sa.select(WeightSet.uids, WeightSet.weights).where(WeightSet.window == window)).first()
-        set_weights = dict(zip(ws[0], ws[1], strict=True)) if ws is not None else {}
+        set_weights = dict(zip(ws[0], ws[1], strict=True)) if ws is not None else None
         rows = []
-        for hk, uid, status, reason, score in evals:
+        for hk, uid, status, reason, score, implied in evals:
             name, kind = self.names.get(hk, (hk[:8], "?"))
-            rows.append(Row(name, kind, status, reason or "", score or 0.0, set_weights.get(uid, 0.0)))
+            weight = set_weights.get(uid, 0.0) if set_weights is not None else (implied or 0.0)
+            rows.append(Row(name, kind, status, reason or "", score or 0.0, weight))
         return sorted(rows, key=lambda r: (-r.weight, -r.score, r.name))
 
     def last_weights(self) -> dict[str, float]:
