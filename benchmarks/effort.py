@@ -11,7 +11,7 @@ every assigned page evaluated, 4 random pages):
 * ``wrong-pages``: 4 steps on another hotkey's pages; ``noise``: Gaussian noise of an honest norm.
 
 Every window the validator's own code scores them: ``validator.evaluate.WindowEvaluator`` at the
-normalised step (``scoring.scale``), per-page indicator (``scoring.loss.page_indicator``),
+normalised step (``scoring.scale``), per-page indicator (``scoring.loss.work_indicator``),
 OpenSkill ratings, bma, final score and weights (``scoring``); the outer step applies the
 normalised ``selected_mean`` of the honest deltas (``validator.publish.outer_step``).
 
@@ -39,13 +39,7 @@ from protocol.model import build_model, model_from_state, preset
 from protocol.pages import assigned_pages, control_pages, default_store, derive_seed, random_eval_pages
 from protocol.sync import apply_update, dense_to_update
 from scoring import final, ratings
-from scoring.loss import (
-    page_indicator,
-    page_rank_indicator,
-    reach_contribution,
-    relative_improvement,
-    update_bma,
-)
+from scoring.loss import reach_contribution, relative_improvement, update_bma, work_indicator
 from scoring.scale import step_factor
 from scoring.weights import compute_weights
 from scoring.work import work_gate
@@ -166,9 +160,8 @@ def score_windows(measured: list[dict], names: list[str], hp: HParams) -> list[d
     for w, m in enumerate(measured):
         for n in names:  # this window's proof-of-work indicator under the test being scored (scoring.loss)
             if "pages" in m[n]:
-                m[n]["indicator"] = (page_rank_indicator(m[n]["pages"], m[n]["controls"], sp.indicator_margin)
-                                     if sp.indicator_test == "rank"
-                                     else page_indicator(m[n]["pages"], m[n]["control"], sp.indicator_margin))
+                m[n]["indicator"] = work_indicator(sp.indicator_test, m[n]["pages"], m[n]["controls"],
+                                                   m[n]["control"], sp.indicator_margin)
         row: dict = {"window": w, "median_norm": m["median_norm"]}
         for key, members in scenarios.items():
             rates[key] = ratings.update_ratings(rates[key], {n: m[n]["contribution"] for n in members}, sp)

@@ -131,7 +131,7 @@ class LocalChain:
         self._block_secret = bytes.fromhex(rows["block_secret"]) if "block_secret" in rows else self._add_secret()
 
     def _add_secret(self) -> bytes:
-        """A file created before block hashes existed gets its secret on first open."""
+        """The block-hash secret, drawn on the file's first open (by whichever process gets there first)."""
         with self._tx(immediate=True) as c:
             c.execute("INSERT OR IGNORE INTO params VALUES ('block_secret', ?)", (secrets.token_hex(32),))
             (value,) = c.execute("SELECT value FROM params WHERE key = 'block_secret'").fetchone()
@@ -185,7 +185,6 @@ class LocalChain:
             created = conn.execute(
                 "INSERT OR IGNORE INTO params VALUES ('params', ?)", (json.dumps(asdict(params)),)
             ).rowcount
-            conn.execute("INSERT OR IGNORE INTO params VALUES ('block_secret', ?)", (secrets.token_hex(32),))
             if created:
                 for netuid in netuids:
                     conn.execute("INSERT INTO subnets VALUES (?, '', '', 0, 0, 0)", (netuid,))

@@ -542,7 +542,7 @@ def control_pages(window: int, beacon: bytes, num_pages: int, count: int, exclud
 
     Seeded by the window's beacon (``protocol.windows.beacon_block``: a block hash nobody knows
     before the uploads are due), so no miner can train on them, yet every validator draws the same
-    ones and the per-page test (``scoring.loss.page_indicator``) gives all of them the same verdict.
+    ones and the per-page test (``scoring.loss.work_indicator``) gives all of them the same verdict.
     ``exclude`` takes the window's assigned pages: a control page is one nobody trained on by duty.
     """
     if window < 0:

@@ -51,6 +51,7 @@ __all__ = [
     "reach_contribution",
     "relative_improvement",
     "update_bma",
+    "work_indicator",
 ]
 
 
@@ -120,6 +121,19 @@ def page_rank_indicator(page_improvements: list[float], control_improvements: li
     beats = [sum(indicator(p, c, margin) > 0 for c in control_improvements) / len(control_improvements)
              for p in page_improvements]
     return sum(2.0 * b - 1.0 for b in beats) / len(beats)
+
+
+def work_indicator(test: str, page_improvements: list[float], control_improvements: list[float],
+                   pooled_control_improvement: float, margin: float = 0.0) -> float:
+    """The window's proof-of-work indicator under ``scoring.indicator_test``.
+
+    ``rank``: :func:`page_rank_indicator` against each control page's improvement; ``mean``:
+    :func:`page_indicator` against the control pages' pooled improvement (their mean loss before
+    and after).
+    """
+    if test == "rank":
+        return page_rank_indicator(page_improvements, control_improvements, margin)
+    return page_indicator(page_improvements, pooled_control_improvement, margin)
 
 
 def update_bma(bma: float, indicator: float, alpha: float) -> float:

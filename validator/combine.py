@@ -142,9 +142,7 @@ def work_indicator(r: EvalResult, test: str, margin: float) -> float:
 
     pages = ([loss.relative_improvement(b, a) for b, a in r.page_losses] if r.page_losses
              else [loss.relative_improvement(r.loss_before_assigned, r.loss_after_assigned)])
-    if test == "rank":
-        return loss.page_rank_indicator(pages, control_improvements(r), margin)
-    return loss.page_indicator(pages, control_improvement(r), margin)
+    return loss.work_indicator(test, pages, control_improvements(r), control_improvement(r), margin)
 
 
 def combine_window(

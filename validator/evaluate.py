@@ -7,7 +7,7 @@ For window W every evaluated peer gets:
   does not pay),
 * ``loss_before/after_random`` on pages drawn with the secret seed that no miner can
   predict; one random set per window, shared by all peers, so their scores compare;
-* ``loss_before/after_control`` on the window's *control* pages, drawn from the public beacon
+* ``control_losses``, per page, on the window's *control* pages, drawn from the public beacon
   (``protocol.pages.control_pages``): what the per-page proof of work is measured against, so
   that every validator reaches the same verdict on it (``scoring.work``).
 

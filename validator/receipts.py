@@ -83,8 +83,8 @@ def _accepted(r: Evaluation, cand: Candidate, s1: Stage1Result, plan: Stage2Plan
     r.filters_passed, r.random_page_ids = list(STAGE1_FILTERS), list(plan.random_page_ids)
     r.random_seed_hex, r.sync_score = seed_hex, out.sync
     r.details = {"norm": cand.decoded.norm, "steps_behind": cand.steps_behind, "median_norm": s1.median_norm}
-    if plan.beacon_hex:  # the public draw of the window (protocol.windows.beacon_block)
-        r.details["beacon"] = {"block": plan.beacon_block, "hash": plan.beacon_hex,
+    if plan.beacon is not None:  # the public draw of the window (protocol.windows.beacon_block)
+        r.details["beacon"] = {"block": plan.beacon.block, "hash": plan.beacon.hash.hex(),
                                "control_pages": list(plan.control_page_ids)}
 
 

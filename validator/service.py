@@ -110,7 +110,7 @@ def ready(ctx: ValidatorContext, window: int) -> bool:
     """The chain is past W and its grace (uploads for W can no longer count) and has W's beacon block."""
     end_block = window_bounds(window, ctx.hp.windows).end_block
     block = ctx.chain.block()
-    if block < max(end_block, beacon_block(window, ctx.hp.windows, ctx.chain.block_time_s())):
+    if block < beacon_block(window, ctx.hp.windows, ctx.chain.block_time_s()):  # always past end_block
         return False
     return ctx.chain.block_timestamp(block) >= ctx.chain.block_timestamp(end_block) + ctx.hp.windows.upload_grace_s
 

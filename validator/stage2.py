@@ -58,8 +58,7 @@ class Stage2Plan:
     random_page_ids: tuple[int, ...]
     jobs: list[EvalJob] = field(default_factory=list)  # in evaluation order
     #: The window's beacon (``protocol.windows.beacon_block``) and the control pages it draws.
-    beacon_block: int | None = None
-    beacon_hex: str = ""
+    beacon: Beacon | None = None
     control_page_ids: tuple[int, ...] = ()
     remote: dict[str, RemoteJob] = field(default_factory=dict)  # hotkey -> the job as a worker gets it
     unevaluated: list[str] = field(default_factory=list)  # filled by Stage2Runner.run: jobs the budget left out
@@ -114,8 +113,7 @@ def plan_stage2(
     taken = sorted({p for pages in assigned.values() for p in pages})
     random_ids = _draw(random_eval_pages, window, seed, num_pages, hp.data.eval_pages, exclude=taken)
     control_ids = _draw(control_pages, window, beacon.hash, num_pages, hp.data.eval_pages, exclude=taken)
-    plan = Stage2Plan(window, seed.hex(), random_ids, beacon_block=beacon.block, beacon_hex=beacon.hash.hex(),
-                      control_page_ids=control_ids)
+    plan = Stage2Plan(window, seed.hex(), random_ids, beacon=beacon, control_page_ids=control_ids)
     for hk in evaluation_order(s1.accepted, prev_scores or {}, seed=seed, top=hp.outer.max_peers):
         cand = s1.accepted[hk]
         pages = eval_subset(assigned[hk], hp.data.eval_pages, seed=beacon.hash, hotkey=hk)
