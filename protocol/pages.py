@@ -15,10 +15,11 @@ as random evaluation pages; they measure the global model on data no miner train
 
 Assignment. ``assigned_pages`` is a pure function of (public seed, window, hotkey), so any
 validator recomputes exactly what a miner had to train on. It is keyed by hotkey, not uid,
-because uids are recycled on deregistration. ``random_eval_pages`` is keyed by a validator-held
-secret instead, so miners cannot know in advance which pages they will be scored on (and so
-cannot overfit them); the validator publishes the window's secret in its score receipt once
-the window is over, after which anyone can recompute the choice. Both sample from numpy's
+because uids are recycled on deregistration. ``random_eval_pages`` and ``control_pages`` are keyed
+by the window's beacon instead (a block hash nobody knows before the uploads are due,
+``protocol.windows.beacon_block``), so miners cannot know in advance which pages they will be
+scored on (and so cannot overfit them), while every validator scores on the same ones and anyone
+can recompute the choice from the chain. All of them sample from numpy's
 PCG64 *raw* stream (stable across numpy versions by policy) with our own rejection sampling and
 Fisher-Yates, never ``Generator.choice``, whose algorithm numpy may change between releases.
 """
@@ -555,15 +556,15 @@ def control_pages(window: int, beacon: bytes, num_pages: int, count: int, exclud
 def random_eval_pages(
     window: int, secret_seed: bytes, num_pages: int, count: int, exclude: Iterable[int] = ()
 ) -> list[int]:
-    """``count`` distinct training pages for "random data" evaluation in ``window``.
+    """``count`` distinct training pages for "random data" evaluation (the contribution) in ``window``.
 
-    Seeded by a validator-held secret mixed with the window: miners cannot predict these
-    pages, so the comparison "improvement on assigned pages vs on random pages" cannot be gamed
-    by training on the random ones. After the window the secret is published in the score
-    receipt and anyone can recompute the draw. The draw is the prefix of one secret
-    permutation of the training range with ``exclude`` (e.g. the peer's assigned pages)
-    skipped, so peers of the same window share most random pages and "loss before" is computed
-    once for all of them.
+    ``secret_seed`` must be unknown to miners until their uploads are due: the validator passes the
+    window's beacon (``validator.stage2.plan_stage2``), so no miner can train on these pages and
+    every validator measures every contribution on the same data. With a seed of its own, each
+    validator broke honest near-ties its own way and three validators shared as little as 66% of
+    their weight under the scale-invariant rule (benchmarks/RESULTS.md, "Validators"). The draw is
+    the prefix of one permutation of the training range with ``exclude`` (the window's assigned and
+    control pages) skipped.
     """
     if window < 0:
         raise ValueError("window must be >= 0")

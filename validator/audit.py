@@ -3,7 +3,7 @@
 Everything a receipt names is public once its window is scored: the upload (in the store the
 miner committed on chain), theta_W (the subnet's shared history in the validators' stores, reached
 the way every miner syncs: ``protocol.follow.Follower``), the assigned pages (public seed), the
-random pages (the window's seed, revealed by the API once scored), the hyper-parameters and the
+random and control pages (the window's beacon, a block hash), the hyper-parameters and the
 page store (their digests are in the receipt's ``setup``). The audit runs the validator's
 pipeline on those inputs, one implementation for both:
 

@@ -5,8 +5,9 @@ For window W every evaluated peer gets:
 * ``loss_before/after_assigned`` on ``eval_pages`` of the pages it was assigned (which ones
   is drawn from the window's beacon, unknown until uploads are due, so training only a subset
   does not pay),
-* ``loss_before/after_random`` on pages drawn with the secret seed that no miner can
-  predict; one random set per window, shared by all peers, so their scores compare;
+* ``loss_before/after_random`` on pages drawn from the window's beacon, which no miner can
+  predict; one random set per window, shared by all peers and all validators, so their scores
+  compare;
 * ``control_losses``, per page, on the window's *control* pages, drawn from the public beacon
   (``protocol.pages.control_pages``): what the per-page proof of work is measured against, so
   that every validator reaches the same verdict on it (``scoring.work``).

@@ -1,8 +1,8 @@
 """Stage 2 planning and execution: in-process, or shared with workers over Redis, within a time budget.
 
-``plan_stage2`` fixes everything a Stage-2 evaluation depends on (random pages from the
-window's secret seed; control pages and each peer's evaluated assigned pages from the window's
-public beacon, so every validator tests the same work; the evaluation step) so that the
+``plan_stage2`` fixes everything a Stage-2 evaluation depends on (the random pages, the control
+pages and each peer's evaluated assigned pages, all drawn from the window's public beacon, so
+every validator measures the same contributions and tests the same work; the evaluation step) so that the
 validator and any worker compute the same numbers. ``Stage2Runner.run`` evaluates the
 plan: when a :class:`RemoteDispatcher` is configured (Redis), jobs go to the work queue
 and the validator waits up to ``remote_timeout_s`` for results, then evaluates whatever
@@ -111,8 +111,9 @@ def plan_stage2(
     assigned = {hk: assigned_pages(window, hk, hp.data.public_seed, num_pages, hp.data.pages_per_window)
                 for hk in sorted(s1.accepted)}
     taken = sorted({p for pages in assigned.values() for p in pages})
-    random_ids = _draw(random_eval_pages, window, seed, num_pages, hp.data.eval_pages, exclude=taken)
     control_ids = _draw(control_pages, window, beacon.hash, num_pages, hp.data.eval_pages, exclude=taken)
+    random_ids = _draw(random_eval_pages, window, beacon.hash, num_pages, hp.data.eval_pages,
+                       exclude=sorted({*taken, *control_ids}))
     plan = Stage2Plan(window, seed.hex(), random_ids, beacon=beacon, control_page_ids=control_ids)
     for hk in evaluation_order(s1.accepted, prev_scores or {}, seed=seed, top=hp.outer.max_peers):
         cand = s1.accepted[hk]
